@@ -1,0 +1,64 @@
+"""What a cache looks like on disk: names, version, and the storage dtypes.
+
+Everything here is part of the contract that docs/cache-format.md documents for readers who use
+plain zarr or h5py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ytune.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"  # held (flock) by the one process allowed to write the cache
+MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ranks of one job share it)
+TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
+DTYPES = ("float16", "bfloat16")
+FEATURES, OFFSETS, ROW = "features", "offsets", "row"
+
+
+def default_root() -> Path:
+    """Where caches live unless --cache-dir says otherwise: $YTUNE_CACHE, else ~/.cache/ytune."""
+    return Path(os.environ.get("YTUNE_CACHE") or Path.home() / ".cache" / "ytune")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndarray:
+    """Features [tokens, layers, hidden] of any float dtype -> the numpy array stored on disk.
+
+    bfloat16 has no numpy dtype, so its bits are stored as uint16 and restored exactly by decode.
+    A value that float16 cannot hold is an error naming the layer: a silent inf would poison
+    every head trained on the cache.
+    """
+    if dtype == "bfloat16":
+        return features.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
+    if dtype != "float16":
+        raise UserError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
+    half = features.to(torch.float16)
+    finite = torch.isfinite(half).flatten(start_dim=2).all(dim=2).all(dim=0)
+    if not bool(finite.all()):
+        bad = [layers[i] for i in torch.nonzero(~finite).flatten().tolist()]
+        raise UserError(
+            f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16."
+        )
+    return half.cpu().numpy()
+
+
+def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
+    """The stored array -> a torch tensor in the cache's dtype, bit for bit (no copy)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(stored))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    return np.dtype(np.uint16 if dtype == "bfloat16" else np.float16)

@@ -1,0 +1,144 @@
+"""The manifest: the one file that says what a cache holds. A shard it does not list does not exist.
+
+It is only ever replaced whole (write a temporary file, fsync, rename), so a reader sees the old
+manifest or the new one, never a mix, and a writer killed at any moment leaves a valid cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ytune.cache.format import FORMAT_VERSION, MANIFEST, MANIFEST_LOCK, TMP_PREFIX
+from ytune.cache.identity import Identity
+from ytune.errors import UserError
+
+
+@dataclass
+class ShardRecord:
+    rows: int
+    tokens: int
+    bytes: int
+    checksum: str  # sha256 of the shard's files (see backends.checksum)
+
+
+@dataclass
+class LabelRecord:
+    kind: str  # "classification" | "regression"
+    names: list[str] | None  # classification: label names in index order
+    metrics: list[str]  # GLUE metrics of the task, the first selects the best epoch
+    checksum: str  # sha256 of the label file
+
+
+@dataclass
+class SplitRecord:
+    rows: int
+    tokens: int
+    text_fingerprint: str
+    plan: str  # hash of the shard plan: a resumed job must cut the rows the same way
+    num_shards: int
+    shards: dict[str, ShardRecord] = field(default_factory=dict)
+    labels: dict[str, LabelRecord] = field(default_factory=dict)
+    truncated: int = 0  # rows cut at max_length
+
+    @property
+    def complete(self) -> bool:
+        return len(self.shards) == self.num_shards
+
+
+@dataclass
+class Manifest:
+    identity: Identity
+    backend: str  # "zarr" | "hdf5"
+    info: dict  # what is known but not part of the identity: encoder name, widths, layer count
+    splits: dict[str, SplitRecord] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def cache_id(self) -> str:
+        return self.identity.cache_id()
+
+    def to_json(self) -> str:
+        d = {
+            "format_version": self.format_version,
+            "cache_id": self.cache_id,
+            "identity": self.identity.to_dict(),
+            "backend": self.backend,
+            "info": self.info,
+            "splits": {name: asdict(s) for name, s in self.splits.items()},
+        }
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> Manifest:
+        try:
+            d = json.loads(text)
+            version = d["format_version"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{where} is not a ytune manifest ({e}).") from None
+        if version > FORMAT_VERSION:
+            raise UserError(
+                f"{where} was written by a newer ytune (cache format {version}, this one reads up to "
+                f"{FORMAT_VERSION}); upgrade ytune."
+            )
+        splits = {}
+        for name, s in d["splits"].items():
+            shards = {k: ShardRecord(**v) for k, v in s.pop("shards").items()}
+            labels = {k: LabelRecord(**v) for k, v in s.pop("labels").items()}
+            splits[name] = SplitRecord(**s, shards=shards, labels=labels)
+        return cls(Identity.from_dict(d["identity"]), d["backend"], d["info"], splits, version)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the cache at `path`; a clear error when there is none."""
+    file = Path(path) / MANIFEST
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path} is not a ytune cache: it has no {MANIFEST}.") from None
+    return Manifest.from_json(text, file)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Replace the manifest atomically and durably."""
+    tmp = Path(path) / f"{TMP_PREFIX}{MANIFEST}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(path) / MANIFEST)
+    fsync_dir(path)
+
+
+def update_manifest(path: Path, change: Callable[[Manifest], None]) -> Manifest:
+    """Read, change and replace the manifest under a lock, so ranks of one job committing shards at
+    the same moment never lose each other's entries."""
+    with _locked(Path(path) / MANIFEST_LOCK):
+        manifest = read_manifest(path)
+        change(manifest)
+        write_manifest(path, manifest)
+        return manifest
+
+
+@contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable: without this a power cut can undo it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

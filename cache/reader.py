@@ -1,0 +1,349 @@
+"""Reading a cache: random access to one example, and the shuffled, padded batch stream that
+`train/` learns from.
+
+The stream reads one whole shard at a time (large sequential reads are what disks and object
+stores do fast), shuffles at two levels (shard order per epoch, then a bounded buffer of
+examples), pads each batch only to its own longest example, and can prefetch in a background
+thread. Memory is bounded by the buffer plus one shard, whatever the size of the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ytune.cache.backends import ShardArrays, get_backend, size_on_disk
+from ytune.cache.format import decode
+from ytune.cache.identity import Identity
+from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
+from ytune.errors import UserError
+
+
+@dataclass
+class Example:
+    features: torch.Tensor  # [tokens, layers, hidden], the cache's dtype
+    row: int  # the example's row in its split's source order
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # [B, T, layers, hidden], zero-padded
+    mask: torch.Tensor  # [B, T] bool, True on real tokens
+    labels: dict[
+        str, torch.Tensor
+    ]  # column -> [B]: int64 classes (-1 unknown) or float32 targets (nan unknown)
+    rows: torch.Tensor  # [B] int64
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            move(self.features),
+            move(self.mask),
+            {k: move(v) for k, v in self.labels.items()},
+            move(self.rows),
+        )
+
+
+@dataclass
+class LabelColumn:
+    name: str
+    kind: str  # "classification" | "regression"
+    names: list[str] | None
+    metrics: list[str]
+    values: np.ndarray  # per source row: int64 class (-1 unknown) or float64 target (nan unknown)
+
+
+class Cache:
+    """A cache opened for reading. `identity`, when given, must match: features of another encoder,
+    tokenizer, length, layer set or dataset are never mixed in silently."""
+
+    def __init__(self, path: str | Path, identity: Identity | None = None) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        self.backend = get_backend(self.manifest.backend)
+        if identity is not None and identity != self.manifest.identity:
+            differs = ", ".join(self.manifest.identity.diff(identity))
+            raise UserError(
+                f"cache {self.path} does not match the expected identity (differs in: {differs})."
+            )
+
+    @property
+    def identity(self) -> Identity:
+        return self.manifest.identity
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest.splits)
+
+    def split(self, name: str) -> SplitReader:
+        return SplitReader(self, name)
+
+    def labels(self, split: str, column: str) -> LabelColumn:
+        record = self._record(split)
+        if column not in record.labels:
+            have = ", ".join(record.labels) or "none"
+            raise UserError(
+                f"split {split!r} of cache {self.path} has no label column {column!r} (it has: {have})."
+            )
+        meta = record.labels[column]
+        doc = json.loads((self.path / split / "labels" / f"{column}.json").read_text())
+        if meta.kind == "classification":
+            values = np.array([-1 if v is None else v for v in doc["values"]], dtype=np.int64)
+        else:
+            values = np.array([np.nan if v is None else v for v in doc["values"]], dtype=np.float64)
+        return LabelColumn(column, meta.kind, meta.names, meta.metrics, values)
+
+    def _record(self, split: str) -> SplitRecord:
+        try:
+            return self.manifest.splits[split]
+        except KeyError:
+            have = ", ".join(self.manifest.splits) or "none"
+            raise UserError(f"cache {self.path} has no split {split!r} (it has: {have}).") from None
+
+
+def open_cache(path: str | Path, identity: Identity | None = None) -> Cache:
+    return Cache(path, identity)
+
+
+class SplitReader:
+    """One split of a cache. Only committed shards are visible; an incomplete split is an error,
+    because training on part of a split without saying so would be a silent mistake."""
+
+    def __init__(self, cache: Cache, name: str) -> None:
+        self.cache, self.name = cache, name
+        self.record = cache._record(name)
+        if not self.record.complete:
+            raise UserError(
+                f"split {name!r} of cache {cache.path} is incomplete ({len(self.record.shards)} of "
+                f"{self.record.num_shards} shards); run the same ytune extract command again to finish it."
+            )
+        self.shards = sorted(self.record.shards)
+        self.num_layers = len(cache.identity.layers)
+        self._open: dict[str, ShardArrays] = {}
+        self._where: np.ndarray | None = None  # row -> (shard position, index in shard)
+
+    def __len__(self) -> int:
+        return self.record.rows
+
+    def layer_positions(self, layers: Sequence[int] | None) -> list[int] | None:
+        """Positions into the cached layers (negative ones count from the end), checked."""
+        if layers is None:
+            return None
+        out = []
+        for i in layers:
+            if not -self.num_layers <= i < self.num_layers:
+                raise UserError(
+                    f"layer position {i} is out of range: the cache holds {self.num_layers} layers."
+                )
+            out.append(i % self.num_layers)
+        return out
+
+    def shard_path(self, name: str) -> Path:
+        return self.cache.path / self.name / (name + self.cache.backend.suffix)
+
+    def _arrays(self, name: str) -> ShardArrays:
+        if name not in self._open:
+            path = self.shard_path(name)
+            expected = self.record.shards[name].bytes
+            if not path.exists() or size_on_disk(path) != expected:
+                raise UserError(
+                    f"shard {self.name}/{path.name} of cache {self.cache.path} is missing or damaged; "
+                    "run ytune cache verify, then ytune extract again to rebuild it."
+                )
+            try:
+                self._open[name] = self.cache.backend.open(path)
+            except Exception as e:  # zarr and h5py raise many types for a damaged file
+                raise UserError(
+                    f"shard {self.name}/{path.name} of cache {self.cache.path} cannot be read ({e}); "
+                    "run ytune cache verify."
+                ) from None
+        return self._open[name]
+
+    def read_shard(
+        self, name: str, layers: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """A whole shard: features [tokens, layers, hidden], offsets [rows + 1], source rows [rows]."""
+        arrays = self._arrays(name)
+        try:
+            features = decode(np.asarray(arrays.features[...]), self.cache.identity.dtype)
+            offsets, rows = np.asarray(arrays.offsets[...]), np.asarray(arrays.row[...])
+        except Exception as e:
+            raise UserError(
+                f"shard {self.name}/{name} of cache {self.cache.path} cannot be read ({e}); "
+                "run ytune cache verify."
+            ) from None
+        positions = self.layer_positions(layers)
+        if positions is not None and positions != list(range(self.num_layers)):
+            features = features[:, positions]
+        return features, offsets, rows
+
+    def __getitem__(self, row: int) -> Example:
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} is out of range for split {self.name!r} of {len(self)} rows")
+        if self._where is None:
+            where = np.empty((len(self), 2), dtype=np.int64)
+            for s, name in enumerate(self.shards):
+                rows = np.asarray(self._arrays(name).row[...])
+                where[rows, 0], where[rows, 1] = s, np.arange(len(rows))
+            self._where = where
+        s, i = self._where[row]
+        arrays = self._arrays(self.shards[s])
+        start, end = (int(x) for x in arrays.offsets[i : i + 2])
+        return Example(decode(np.asarray(arrays.features[start:end]), self.cache.identity.dtype), row)
+
+    def stream(
+        self,
+        batch_size: int = 32,
+        *,
+        labels: Sequence[str] = (),
+        layers: Sequence[int] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        buffer_size: int = 1024,
+        prefetch: int = 2,
+        worker: tuple[int, int] = (0, 1),
+    ) -> Iterator[Batch]:
+        """Batches of one epoch. `worker=(i, n)` takes every n-th shard of the epoch's order, so n
+        readers together yield every example exactly once."""
+        rng = np.random.default_rng([seed, epoch, worker[0]])
+        order = (
+            list(np.random.default_rng([seed, epoch]).permutation(self.shards)) if shuffle else self.shards
+        )
+        columns = {c: self.cache.labels(self.name, c) for c in labels}
+        batches = self._batches(
+            order[worker[0] :: worker[1]], batch_size, columns, layers, rng if shuffle else None, buffer_size
+        )
+        return _prefetched(batches, prefetch) if prefetch > 0 else batches
+
+    def _batches(
+        self,
+        shards: Sequence[str],
+        batch_size: int,
+        columns: dict[str, LabelColumn],
+        layers: Sequence[int] | None,
+        rng: np.random.Generator | None,
+        buffer_size: int,
+    ) -> Iterator[Batch]:
+        pending: list[Example] = []
+        for example in self._examples(shards, layers, rng, buffer_size):
+            pending.append(example)
+            if len(pending) == batch_size:
+                yield collate(pending, columns)
+                pending = []
+        if pending:
+            yield collate(pending, columns)
+
+    def _examples(
+        self,
+        shards: Sequence[str],
+        layers: Sequence[int] | None,
+        rng: np.random.Generator | None,
+        buffer_size: int,
+    ) -> Iterator[Example]:
+        buffer: list[Example] = []
+        for name in shards:
+            features, offsets, rows = self.read_shard(name, layers)
+            for i in rng.permutation(len(rows)) if rng is not None else range(len(rows)):
+                example = Example(features[offsets[i] : offsets[i + 1]], int(rows[i]))
+                if rng is None or buffer_size <= 1:
+                    yield example
+                elif len(buffer) < buffer_size:
+                    # A copy, so the buffer does not pin whole shards: memory stays one shard + buffer.
+                    buffer.append(Example(example.features.clone(), example.row))
+                else:
+                    j = int(rng.integers(len(buffer)))
+                    yield buffer[j]
+                    buffer[j] = Example(example.features.clone(), example.row)
+        if rng is not None:
+            for j in rng.permutation(len(buffer)):
+                yield buffer[j]
+
+    def dataset(self, batch_size: int = 32, **stream_args) -> StreamDataset:
+        return StreamDataset(self.cache.path, self.name, batch_size, **stream_args)
+
+
+def collate(examples: Sequence[Example], columns: dict[str, LabelColumn]) -> Batch:
+    """Pad a list of examples to the longest one; labels gathered by source row."""
+    longest = max(len(e.features) for e in examples)
+    first = examples[0].features
+    features = torch.zeros((len(examples), longest, *first.shape[1:]), dtype=first.dtype)
+    mask = torch.zeros((len(examples), longest), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        features[i, : len(e.features)] = e.features
+        mask[i, : len(e.features)] = True
+    rows = torch.tensor([e.row for e in examples], dtype=torch.int64)
+    labels = {}
+    for name, column in columns.items():
+        values = column.values[rows.numpy()]
+        labels[name] = torch.from_numpy(
+            values if column.kind == "classification" else values.astype(np.float32)
+        )
+    return Batch(features, mask, labels, rows)
+
+
+def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run `batches` in a background thread, `depth` ahead: reading and padding overlap with the
+    consumer's compute (numpy, zarr and h5py release the GIL while they read)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="ytune-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class StreamDataset(IterableDataset):
+    """The stream as a PyTorch IterableDataset (use DataLoader(ds, batch_size=None)). Each
+    DataLoader worker opens its own files and reads its own share of the shards, so every example
+    comes exactly once per epoch whatever the number of workers. Call set_epoch before each epoch."""
+
+    def __init__(self, path: str | Path, split: str, batch_size: int = 32, **stream_args) -> None:
+        self.path, self.split, self.batch_size = Path(path), split, batch_size
+        self.stream_args = stream_args
+        self.epoch = stream_args.pop("epoch", 0)
+        self.reader = open_cache(path).split(split)  # validates now, in the main process
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        if info is None:
+            return self.reader.stream(self.batch_size, epoch=self.epoch, **self.stream_args)
+        reader = open_cache(self.path).split(self.split)  # this worker's own file handles
+        args = {**self.stream_args, "prefetch": 0}  # the DataLoader already reads ahead
+        return reader.stream(self.batch_size, epoch=self.epoch, worker=(info.id, info.num_workers), **args)

@@ -1,0 +1,93 @@
+"""Managing caches as a whole: list, describe, verify, remove (the `ytune cache` verbs)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ytune.cache.backends import checksum, get_backend, size_on_disk
+from ytune.cache.format import MANIFEST, default_root
+from ytune.cache.manifest import read_manifest
+from ytune.cache.writer import _take_lock
+from ytune.errors import UserError
+
+
+def resolve(path_or_id: str | Path, root: str | Path | None = None) -> Path:
+    """A cache given by its path, or by its id under the cache root."""
+    path = Path(path_or_id)
+    if len(path.parts) == 1 and not path.exists():
+        path = Path(root or default_root()) / path
+    if not (path / MANIFEST).exists():
+        raise UserError(f"no ytune cache at {path} (it has no {MANIFEST}).")
+    return path
+
+
+def list_caches(root: str | Path | None = None) -> list[dict]:
+    root = Path(root or default_root())
+    if not root.is_dir():
+        return []
+    return [summary(p) for p in sorted(root.iterdir()) if (p / MANIFEST).exists()]
+
+
+def summary(path: Path) -> dict:
+    """The facts a user asks first: what encoder, which dataset and splits, how big, complete or not."""
+    m = read_manifest(path)
+    return {
+        "path": str(path),
+        "cache_id": m.cache_id,
+        "encoder": m.info.get("encoder", "?"),
+        "dataset": m.identity.dataset,
+        "layers": list(m.identity.layers),
+        "dtype": m.identity.dtype,
+        "backend": m.backend,
+        "splits": {
+            name: {
+                "rows": s.rows,
+                "tokens": s.tokens,
+                "shards": f"{len(s.shards)}/{s.num_shards}",
+                "bytes": sum(r.bytes for r in s.shards.values()),
+                "labels": sorted(s.labels),
+                "truncated": s.truncated,
+            }
+            for name, s in m.splits.items()
+        },
+        "bytes": sum(r.bytes for s in m.splits.values() for r in s.shards.values()),
+    }
+
+
+def info(path: Path) -> dict:
+    m = read_manifest(path)
+    return {**summary(path), "identity": m.identity.to_dict(), "info": m.info, "format_version": m.format_version}
+
+
+def verify(path: Path) -> list[str]:
+    """Recompute every checksum the manifest lists; return one line per problem, naming the shard
+    or label file (empty when the cache is sound). Incomplete splits are reported too."""
+    m = read_manifest(path)
+    suffix = get_backend(m.backend).suffix
+    problems = []
+    for split, record in m.splits.items():
+        for name, shard in sorted(record.shards.items()):
+            file = path / split / (name + suffix)
+            if not file.exists():
+                problems.append(f"{split}/{file.name}: missing")
+            elif size_on_disk(file) != shard.bytes:
+                problems.append(f"{split}/{file.name}: {size_on_disk(file)} bytes, manifest says {shard.bytes}")
+            elif checksum(file) != shard.checksum:
+                problems.append(f"{split}/{file.name}: checksum mismatch")
+        for column, label in sorted(record.labels.items()):
+            file = path / split / "labels" / f"{column}.json"
+            if not file.exists():
+                problems.append(f"{split}/labels/{file.name}: missing")
+            elif checksum(file) != label.checksum:
+                problems.append(f"{split}/labels/{file.name}: checksum mismatch")
+        if not record.complete:
+            problems.append(f"{split}: incomplete, {len(record.shards)} of {record.num_shards} shards")
+    return problems
+
+
+def remove(path: Path) -> None:
+    """Delete a cache; refused while a writer holds it."""
+    read_manifest(path)  # only ever delete what is a cache
+    _take_lock(path).close()
+    shutil.rmtree(path)

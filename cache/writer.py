@@ -1,0 +1,301 @@
+"""Writing a cache: plan a split into shards, commit each shard atomically, attach labels.
+
+This is the whole write path `extract/` uses. The rules that make a killed job safe to rerun:
+a shard is written under a temporary name, fsynced, checksummed and renamed, and only then recorded
+in the manifest, which is itself replaced atomically. On reopening, anything the manifest does not
+list is rubbish from an interrupted run and is removed; the plan is deterministic, so the job
+resumes at the first missing shard and ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from ytune.cache.backends import checksum, get_backend, size_on_disk
+from ytune.cache.format import LOCK, MANIFEST, TMP_PREFIX, numpy_dtype, shard_name
+from ytune.cache.identity import Identity
+from ytune.cache.manifest import (
+    LabelRecord,
+    Manifest,
+    ShardRecord,
+    SplitRecord,
+    fsync_dir,
+    read_manifest,
+    update_manifest,
+    write_manifest,
+)
+from ytune.errors import UserError
+
+DEFAULT_SHARD_BYTES = 128 << 20
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write: which source rows, in stored order, and their token counts."""
+
+    index: int
+    rows: np.ndarray  # int64 source rows, ascending token length
+    lengths: np.ndarray  # int64 tokens per row
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+
+
+def plan_shards(
+    lengths: Sequence[int], bytes_per_token: int, shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> list[ShardPlan]:
+    """Cut a split's rows into shards of about `shard_bytes`, sorted by token length.
+
+    Sorting makes every shard, and every batch cut from it, hold rows of similar length, so the
+    encoder pads little; the stable sort and the greedy cut make the plan a pure function of the
+    lengths, which is what lets an interrupted job resume.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        raise UserError("the split has no rows to extract.")
+    order = np.argsort(lengths, kind="stable")
+    budget = max(1, shard_bytes // max(1, bytes_per_token))
+    cuts = (
+        np.searchsorted(np.cumsum(lengths[order]), np.arange(budget, lengths.sum(), budget), side="left") + 1
+    )
+    bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < len(order))), len(order)]
+    return [ShardPlan(i, order[a:b], lengths[order[a:b]]) for i, (a, b) in enumerate(pairwise(bounds))]
+
+
+def plan_digest(plan: Sequence[ShardPlan]) -> str:
+    digest = hashlib.sha256()
+    for shard in plan:
+        digest.update(shard.rows.tobytes() + b"|" + shard.lengths.tobytes() + b";")
+    return digest.hexdigest()[:16]
+
+
+class CacheWriter:
+    """The write side of one cache, `root/<cache-id>`.
+
+    `exclusive` takes the cache's writer lock (flock, released by the kernel even on SIGKILL), so a
+    second job on the same cache is refused instead of interleaving shards. Ranks of one torchrun
+    job share the lock of rank 0 and open with exclusive=False.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        identity: Identity,
+        backend: str = "zarr",
+        info: dict | None = None,
+        exclusive: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.backend = get_backend(backend)
+        self.path = Path(root) / identity.cache_id()
+        self._lock = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the cache directory {self.path}: {e.strerror}.") from None
+        if exclusive:
+            self._lock = _take_lock(self.path)
+        if (self.path / MANIFEST).exists():
+            manifest = read_manifest(self.path)
+            if manifest.identity != identity:
+                raise UserError(
+                    f"{self.path} holds a cache with another identity (differs in: "
+                    f"{', '.join(manifest.identity.diff(identity))})."
+                )
+            if manifest.backend != self.backend.name:
+                raise UserError(
+                    f"{self.path} was written with the {manifest.backend} backend; "
+                    f"extract again with --backend {manifest.backend}."
+                )
+        elif exclusive:
+            write_manifest(self.path, Manifest(identity, self.backend.name, info or {}))
+        else:
+            raise UserError(f"{self.path} has no manifest: the first rank must create the cache.")
+        if exclusive:
+            self._remove_uncommitted()
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.path)
+
+    def plan_split(
+        self,
+        split: str,
+        lengths: Sequence[int],
+        text_fingerprint: str,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        truncated: int = 0,
+    ) -> list[ShardPlan]:
+        """Plan `split` and record it; a split already recorded must match text and plan."""
+        hidden_bytes = numpy_dtype(self.identity.dtype).itemsize * len(self.identity.layers)
+        bytes_per_token = hidden_bytes * int(self.manifest().info.get("hidden_size", 1))
+        plan = plan_shards(lengths, bytes_per_token, shard_bytes)
+        record = SplitRecord(
+            rows=len(lengths),
+            tokens=int(np.sum(lengths)),
+            text_fingerprint=text_fingerprint,
+            plan=plan_digest(plan),
+            num_shards=len(plan),
+            truncated=truncated,
+        )
+
+        def add(manifest: Manifest) -> None:
+            old = manifest.splits.get(split)
+            if old is None:
+                manifest.splits[split] = record
+            elif old.text_fingerprint != text_fingerprint:
+                raise UserError(
+                    f"split {split!r} of cache {self.path} was extracted from other texts; "
+                    "give the dataset another name or use another cache directory."
+                )
+            elif old.plan != record.plan:
+                raise UserError(
+                    f"split {split!r} of cache {self.path} was planned with another shard size; "
+                    f"rerun with the shard size it was started with."
+                )
+
+        (self.path / split).mkdir(exist_ok=True)
+        update_manifest(self.path, add)
+        return plan
+
+    def committed(self, split: str) -> set[str]:
+        record = self.manifest().splits.get(split)
+        return set(record.shards) if record else set()
+
+    def write_shard(self, split: str, shard: ShardPlan, features: np.ndarray) -> ShardRecord:
+        """Write one planned shard (features [shard.tokens, layers, hidden] in the storage dtype) and
+        commit it: temporary name, fsync, checksum, rename, then the manifest."""
+        expected = (shard.tokens, len(self.identity.layers))
+        if features.shape[:2] != expected or features.dtype != numpy_dtype(self.identity.dtype):
+            raise ValueError(
+                f"shard {shard.name}: features {features.shape} {features.dtype}, expected "
+                f"{expected} + (hidden,) {numpy_dtype(self.identity.dtype)}"
+            )
+        final = self.path / split / (shard.name + self.backend.suffix)
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+        attrs = {
+            "dtype": self.identity.dtype,
+            "layers": list(self.identity.layers),
+            "split": split,
+            "shard": shard.name,
+            "cache_id": self.identity.cache_id(),
+        }
+        try:
+            self.backend.write(tmp, features, shard.offsets, shard.rows.astype(np.int64), attrs)
+        except OSError as e:
+            _remove(tmp)
+            if e.errno == errno.ENOSPC:
+                raise UserError(
+                    f"the disk holding {self.path} is full; committed shards are intact, "
+                    "free space and run the same command again to resume."
+                ) from None
+            raise
+        record = ShardRecord(
+            rows=len(shard.rows), tokens=shard.tokens, bytes=size_on_disk(tmp), checksum=checksum(tmp)
+        )
+        _remove(final)  # an uncommitted leftover of a killed run (the manifest never listed it)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        update_manifest(self.path, lambda m: m.splits[split].shards.__setitem__(shard.name, record))
+        return record
+
+    def set_labels(
+        self,
+        split: str,
+        column: str,
+        values: Sequence[int | float | None],
+        kind: str,
+        names: Sequence[str] | None,
+        metrics: Sequence[str],
+    ) -> None:
+        """Attach a label column to a split (one value per source row, None where unknown). Labels
+        live apart from features, so a new task over cached texts needs no extraction."""
+        record = self.manifest().splits.get(split)
+        if record is None:
+            raise UserError(f"cache {self.path} has no split {split!r} to attach labels to.")
+        if len(values) != record.rows:
+            raise UserError(f"{len(values)} labels given for split {split!r}, which has {record.rows} rows.")
+        label_dir = self.path / split / "labels"
+        label_dir.mkdir(exist_ok=True)
+        doc = {
+            "column": column,
+            "kind": kind,
+            "names": list(names) if names else None,
+            "values": list(values),
+        }
+        final = label_dir / f"{column}.json"
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+        with open(tmp, "w") as f:
+            json.dump(doc, f, allow_nan=False, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        label = LabelRecord(kind=kind, names=doc["names"], metrics=list(metrics), checksum=checksum(tmp))
+        os.replace(tmp, final)
+        fsync_dir(label_dir)
+        update_manifest(self.path, lambda m: m.splits[split].labels.__setitem__(column, label))
+
+    def _remove_uncommitted(self) -> None:
+        """Delete temporaries and shards the manifest does not list: what a killed run left."""
+        manifest = self.manifest()
+        for split_dir in (p for p in self.path.iterdir() if p.is_dir()):
+            record = manifest.splits.get(split_dir.name)
+            for item in [*split_dir.iterdir(), *(split_dir / "labels").glob(f"{TMP_PREFIX}*")]:
+                listed = record is not None and item.name.removesuffix(self.backend.suffix) in record.shards
+                if item.name.startswith(TMP_PREFIX) or (item.name.startswith("shard-") and not listed):
+                    _remove(item)
+        for item in self.path.glob(f"{TMP_PREFIX}*"):
+            _remove(item)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _take_lock(path: Path):
+    f = open(path / LOCK, "a+")  # noqa: SIM115 (held open for the writer's lifetime: the open file is the lock)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"cache {path} is being written by {holder}; wait for it to finish.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
