@@ -46,7 +46,7 @@ def run(root: str, backend: str, dtype: str, die_at: int = -1, die_when: str = "
             if shard.index == die_at and die_when == "mid":
                 calls = iter(range(2))  # features written, offsets not yet
                 real = backends.chunk_tokens
-                backends.chunk_tokens = lambda *a: real(*a) if next(calls, None) is not None else die()
+                backends.chunk_tokens = lambda *a, real=real, calls=calls: real(*a) if next(calls, None) is not None else die()
             if shard.index == die_at and die_when == "after-rename":
                 writer.update_manifest = lambda *a: die()
             block = torch.cat([features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)])
