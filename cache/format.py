@@ -33,25 +33,28 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndarray:
-    """Features [tokens, layers, hidden] of any float dtype -> the numpy array stored on disk.
+def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> torch.Tensor:
+    """Features [tokens, layers, hidden] of any float dtype -> the stored dtype, on their device.
 
     bfloat16 has no numpy dtype, so its bits are stored as uint16 and restored exactly by decode.
     A value that float16 cannot hold is an error naming the layer: a silent inf would poison
     every head trained on the cache.
     """
     if dtype == "bfloat16":
-        return features.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
+        return features.to(torch.bfloat16).view(torch.uint16)
     if dtype != "float16":
         raise UserError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
     half = features.to(torch.float16)
     finite = torch.isfinite(half).flatten(start_dim=2).all(dim=2).all(dim=0)
     if not bool(finite.all()):
         bad = [layers[i] for i in torch.nonzero(~finite).flatten().tolist()]
-        raise UserError(
-            f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16."
-        )
-    return half.cpu().numpy()
+        raise UserError(f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16.")
+    return half
+
+
+def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndarray:
+    """to_storage, as the numpy array the cache writer takes."""
+    return to_storage(features, dtype, layers).cpu().numpy()
 
 
 def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:

@@ -109,6 +109,7 @@ class CacheWriter:
         self.identity = identity
         self.backend = get_backend(backend)
         self.path = Path(root) / identity.cache_id()
+        self.exclusive = exclusive
         self._lock = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)

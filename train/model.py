@@ -183,13 +183,13 @@ class _Attention(nn.Module):
         w_k, w_v = self.kv.weight[:d], self.kv.weight[d:]  # [d, d] each (out, in)
         if isinstance(proj, nn.Linear):  # proj(norm(m)) = a @ n + c
             a = proj.weight * norm.weight  # [d, H]
-            c = proj.weight @ norm.bias + proj.bias
-        else:
-            a = torch.diag(norm.weight)
-            c = norm.bias
-        b_v = w_v @ c + self.kv.bias[d:]  # attention weights sum to 1: the value bias passes through
-        w_k, w_v = w_k @ a, w_v @ a  # [d, H]
-        # The key bias adds the same score to every token of a query row: softmax ignores it.
+            b_v = w_v @ (proj.weight @ norm.bias + proj.bias) + self.kv.bias[d:]
+            w_k, w_v = w_k @ a, w_v @ a  # [d, H]
+        else:  # proj is the identity
+            b_v = w_v @ norm.bias + self.kv.bias[d:]
+            w_k, w_v = w_k * norm.weight, w_v * norm.weight
+        # Attention weights sum to 1, so the value bias b_v passes through; the key bias adds the same
+        # score to every token of a query row, and softmax ignores it.
         # Per-head products are batched over the heads ([h, B*K, .]); per-example ones over B.
         q = self.q(x).view(b, k, h, dh).permute(2, 0, 1, 3).reshape(h, b * k, dh)
         q_mem = torch.bmm(q * (1.0 / math.sqrt(dh)), w_k.view(h, dh, hid))  # [h, B*K, H]
@@ -288,19 +288,21 @@ class YTuningHead(nn.Module):
             v = self.proj(self.norms_in[0](v))
         self.queries.copy_(v)
 
-    def _use_factored(self) -> bool:
+    def _use_factored(self, tokens: int) -> bool:
+        """Whether factored cross-attention is cheaper (in multiply-adds) for a batch of ``tokens``."""
         if self.attention in ("factored", "direct"):
             return self.attention == "factored"
         cfg = self.cfg
         h, d = cfg.hidden_in, cfg.width
-        memories = len(self.norms_in)
-        direct = (h * d if h != d else 0) * memories + cfg.blocks * 2 * d * d  # per-token multiply-adds
-        factored = cfg.blocks * 2 * cfg.heads * self.num_queries * h
+        project = h * d if h != d else 0
+        direct = tokens * (project * len(self.norms_in) + cfg.blocks * 2 * d * d)
+        folding = cfg.blocks * 2 * d * d * h if h != d else 0  # key/value weights times the projection
+        factored = tokens * cfg.blocks * 2 * cfg.heads * self.num_queries * h + folding
         return factored <= direct
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = _check_inputs(features, mask, self.cfg.num_layers_in)
-        factored = self._use_factored()
+        factored = self._use_factored(features.shape[0] * features.shape[1])
         q = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
         memories: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):

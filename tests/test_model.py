@@ -1,0 +1,302 @@
+import json
+
+import pytest
+import torch
+
+from ytune.errors import UserError
+from ytune.train.model import (
+    HeadBank,
+    HeadConfig,
+    LayerMix,
+    LinearProbe,
+    YTuningHead,
+    build_head,
+    count_parameters,
+)
+
+H, D = 24, 16  # small encoder and head widths keep the tests fast
+
+
+def small_cfg(**kw) -> HeadConfig:
+    base = dict(hidden_in=H, width=D, heads=4, dropout=0.0)
+    base.update(kw)
+    return HeadConfig(**base)
+
+
+def make_batch(b=4, t=7, layers=1, h=H, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(b, t, layers, h, generator=g)
+    lengths = torch.tensor([t, 1, 3, t - 2][:b] + [t] * max(0, b - 4))
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    features[~mask] = 0.0
+    return features, mask
+
+
+def randomise(module: torch.nn.Module, seed=1) -> None:
+    """Move every parameter off its init (LayerNorm 1/0, zero mix logits) so nothing is trivially exact."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+SHAPE_CASES = [
+    dict(head_type=ht, kind="classification", num_labels=n, blocks=bl, layer_mix=mix, num_layers_in=nl)
+    for ht in ("ytuning",)
+    for n in (2, 3)
+    for bl in (1, 2)
+    for mix in ("softmax", "ladder", "last")
+    for nl in (1, 3)
+] + [
+    dict(head_type="ytuning", kind="regression", blocks=bl, layer_mix=mix, num_layers_in=3)
+    for bl in (1, 2)
+    for mix in ("softmax", "ladder", "last")
+] + [
+    dict(head_type="probe", kind=kind, num_labels=n, pool=pool, layer_mix=mix, num_layers_in=nl)
+    for kind, n in (("classification", 2), ("classification", 3), ("regression", 1))
+    for pool in ("mean", "first")
+    for mix in ("softmax", "last")
+    for nl in (1, 3)
+]
+
+
+@pytest.mark.parametrize("kw", SHAPE_CASES, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_output_shapes(kw):
+    cfg = small_cfg(**kw)
+    head = build_head(cfg)
+    assert isinstance(head, LinearProbe if cfg.head_type == "probe" else YTuningHead)
+    features, mask = make_batch(layers=cfg.num_layers_in)
+    out = head(features, mask)
+    expected = (4,) if cfg.kind == "regression" else (4, cfg.num_labels)
+    assert out.shape == expected
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_regression_forces_one_label():
+    assert HeadConfig(kind="regression").num_labels == 1
+    assert YTuningHead(small_cfg(kind="regression")).queries.shape == (1, D)
+
+
+HEAD_VARIANTS = [
+    ("ytuning-softmax-factored", dict(num_layers_in=3, blocks=2), "factored"),
+    ("ytuning-softmax-direct", dict(num_layers_in=3, blocks=2), "direct"),
+    ("ytuning-ladder", dict(num_layers_in=2, blocks=2, layer_mix="ladder", num_labels=3), "auto"),
+    ("ytuning-last-identity", dict(num_layers_in=2, layer_mix="last", hidden_in=D), "factored"),
+    ("ytuning-regression", dict(num_layers_in=1, kind="regression"), "direct"),
+    ("probe-mean", dict(head_type="probe", num_layers_in=3), None),
+    ("probe-first", dict(head_type="probe", num_layers_in=3, pool="first"), None),
+]
+
+
+def variant_head(kw, attention):
+    torch.manual_seed(0)
+    head = build_head(small_cfg(**kw))
+    randomise(head)
+    if attention is not None:
+        head.attention = attention
+    return head.eval()
+
+
+@pytest.mark.parametrize("name,kw,attention", HEAD_VARIANTS, ids=[v[0] for v in HEAD_VARIANTS])
+def test_padding_changes_nothing(name, kw, attention):
+    head = variant_head(kw, attention)
+    features, mask = make_batch(layers=head.cfg.num_layers_in, h=head.cfg.hidden_in)
+    with torch.no_grad():
+        out = head(features, mask)
+        # more padding: zero-feature tokens with mask False
+        extra = torch.zeros(4, 5, *features.shape[2:])
+        padded = head(torch.cat([features, extra], 1), torch.cat([mask, torch.zeros(4, 5, dtype=torch.bool)], 1))
+        torch.testing.assert_close(padded, out, atol=1e-5, rtol=0)
+        # each example alone, with no padding at all
+        for i in range(4):
+            n = int(mask[i].sum())
+            alone = head(features[i : i + 1, :n], mask[i : i + 1, :n])
+            torch.testing.assert_close(alone, out[i : i + 1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,kw,attention", HEAD_VARIANTS, ids=[v[0] for v in HEAD_VARIANTS])
+def test_masked_token_changes_nothing_real_token_does(name, kw, attention):
+    head = variant_head(kw, attention)
+    features, mask = make_batch(layers=head.cfg.num_layers_in, h=head.cfg.hidden_in)
+    with torch.no_grad():
+        out = head(features, mask)
+        garbage = features.clone()
+        garbage[2, 5] = 3.0 * torch.randn(garbage.shape[2:])  # example 2 has 3 real tokens
+        torch.testing.assert_close(head(garbage, mask), out, atol=1e-5, rtol=0)
+        changed = features.clone()
+        pos = 0 if head.cfg.pool == "first" and head.cfg.head_type == "probe" else 1
+        changed[2, pos] = 3.0 * torch.randn(changed.shape[2:])
+        diff = (head(changed, mask) - out).abs()
+        assert diff[2].max() > 1e-3
+        assert diff[[0, 1, 3]].max() == 0  # the other examples do not see it
+
+
+def test_factored_and_direct_attention_agree_with_gradients():
+    for kw in (
+        dict(num_layers_in=3, blocks=2, num_labels=3),
+        dict(num_layers_in=2, blocks=2, layer_mix="ladder"),
+        dict(hidden_in=D, kind="regression"),
+    ):
+        head = variant_head(kw, None)
+        features, mask = make_batch(layers=head.cfg.num_layers_in, h=head.cfg.hidden_in)
+        outs, grads = {}, {}
+        for mode in ("direct", "factored"):
+            head.attention = mode
+            head.zero_grad()
+            out = head(features, mask)
+            out.pow(2).sum().backward()
+            outs[mode] = out.detach()
+            grads[mode] = {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
+        torch.testing.assert_close(outs["factored"], outs["direct"], atol=1e-5, rtol=1e-5)
+        for n, g in grads["direct"].items():
+            other = grads["factored"].get(n, torch.zeros_like(g))
+            torch.testing.assert_close(other, g, atol=1e-4, rtol=1e-4, msg=n)
+
+
+def test_auto_attention_picks_factored_for_big_batches_only():
+    head = YTuningHead(HeadConfig())  # defaults: H = 384, d = 256, 2 labels
+    assert head._use_factored(32 * 64)
+    assert not head._use_factored(4)
+
+
+def test_low_precision_features_are_cast():
+    head = variant_head(dict(num_layers_in=2), None)
+    features, mask = make_batch(layers=2)
+    with torch.no_grad():
+        ref = head(features.half().float(), mask)
+        out = head(features.half(), mask)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert head(features.bfloat16(), mask).dtype == torch.float32
+
+
+def test_layer_mix_weights_get_the_right_gradient():
+    mix = LayerMix(3)
+    with torch.no_grad():
+        mix.logits.copy_(torch.tensor([0.3, -0.2, 0.5]))
+    features = torch.randn(2, 5, 3, 6).half()
+    target = torch.randn(2, 5, 6)
+    (mix(features, torch.float32) * target).sum().backward()
+    got = mix.logits.grad.clone()
+    logits = mix.logits.detach().clone().requires_grad_(True)
+    ref = torch.einsum("btlh,l->bth", features.float(), torch.softmax(logits, 0))
+    (ref * target).sum().backward()
+    torch.testing.assert_close(got, logits.grad)
+    torch.testing.assert_close(mix(features, torch.float32), ref.detach())
+
+
+def test_head_can_fit_a_token_level_task():
+    """Label = whether a hidden direction was planted in one random token: needs attention to find it."""
+    torch.manual_seed(0)
+    n, t, h = 128, 6, 16
+    features = torch.randn(n, t, 1, h)
+    direction = torch.nn.functional.normalize(torch.randn(h), dim=0)
+    labels = torch.arange(n) % 2
+    where = torch.randint(0, t, (n,))
+    features[labels == 1, where[labels == 1], 0] += 4.0 * direction
+    mask = torch.ones(n, t, dtype=torch.bool)
+    head = build_head(HeadConfig(hidden_in=h, width=32, heads=4, dropout=0.0))
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    start = head.queries.detach().clone()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(features, mask), labels)
+        loss.backward()
+        opt.step()
+    head.eval()
+    with torch.no_grad():
+        accuracy = (head(features, mask).argmax(-1) == labels).float().mean().item()
+    assert accuracy > 0.95
+    assert not torch.equal(head.queries.detach(), start)  # gradients reached the label queries
+
+
+def test_config_round_trip_and_validation():
+    cfg = HeadConfig(head_type="probe", num_labels=3, num_layers_in=4, hidden_in=1536, pool="first", dropout=0.2)
+    d = cfg.to_dict()
+    assert d["pool"] == "first" and d["hidden_in"] == 1536
+    assert HeadConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert HeadConfig.from_dict({"width": 64}) == HeadConfig(width=64)
+    with pytest.raises(UserError, match="Unknown head config field"):
+        HeadConfig.from_dict({**d, "bogus": 1})
+    for bad in (
+        dict(head_type="lora"),
+        dict(layer_mix="max"),
+        dict(pool="cls"),
+        dict(width=30, heads=4),
+        dict(num_labels=1),
+        dict(blocks=0),
+        dict(head_type="probe", layer_mix="ladder"),
+    ):
+        with pytest.raises(UserError):
+            HeadConfig(**bad)
+
+
+def test_count_parameters_probe_by_hand():
+    cfg = HeadConfig(head_type="probe", num_labels=3, num_layers_in=4, hidden_in=H)
+    # 4 layer-mix logits + LayerNorm (2H) + Linear (H*3 + 3)
+    assert count_parameters(build_head(cfg)) == 4 + 2 * H + H * 3 + 3
+    cfg = HeadConfig(head_type="probe", kind="regression", num_layers_in=1, hidden_in=H)
+    assert count_parameters(build_head(cfg)) == 2 * H + H + 1  # one layer: no mix weights
+    probe = build_head(cfg)
+    probe.norm.weight.requires_grad_(False)
+    assert count_parameters(probe) == H + H + 1  # frozen parameters do not count
+
+
+def test_count_parameters_ytuning_by_hand():
+    h, d, k = 384, 256, 2
+    attention = 4 * d * d + 4 * d  # q, k, v, out with biases
+    ffn = d * 2 * d + 2 * d + 2 * d * d + d
+    block = 3 * 2 * d + 2 * attention + ffn
+    expected = 2 * h + (h * d + d) + k * d + block + 2 * d + (d + 1)
+    assert count_parameters(YTuningHead(HeadConfig(hidden_in=h))) == expected == 891393
+    # identity projection when the widths match
+    assert count_parameters(YTuningHead(HeadConfig(hidden_in=d))) == expected - 2 * h - (h * d + d) + 2 * d
+
+
+def test_init_queries():
+    head = YTuningHead(small_cfg(num_labels=3))
+    vectors = torch.randn(3, D)
+    head.init_queries(vectors)
+    torch.testing.assert_close(head.queries.detach(), vectors)
+    encoder_space = torch.randn(3, H)
+    head.init_queries(encoder_space)
+    with torch.no_grad():
+        torch.testing.assert_close(head.queries, head.proj(head.norms_in[0](encoder_space)))
+    with pytest.raises(UserError, match="Label query vectors"):
+        head.init_queries(torch.randn(2, D))
+
+
+def test_wrong_layer_count_is_an_error():
+    head = build_head(small_cfg(num_layers_in=2))
+    features, mask = make_batch(layers=3)
+    with pytest.raises(ValueError, match="expects 2 cached layer"):
+        head(features, mask)
+
+
+def test_head_bank_matches_heads_alone():
+    torch.manual_seed(0)
+    features, mask = make_batch(layers=4)
+    heads = {
+        "mix02": (build_head(small_cfg(num_layers_in=2, num_labels=3)), (0, 2)),  # gathered
+        "last": (build_head(small_cfg(num_layers_in=1)), (3,)),  # a slice
+        "probe123": (build_head(small_cfg(head_type="probe", num_layers_in=3)), (1, 2, 3)),
+        "reg20": (build_head(small_cfg(num_layers_in=2, kind="regression", layer_mix="ladder", blocks=2)), (2, 0)),
+    }
+    for head, _ in heads.values():
+        randomise(head)
+    bank = HeadBank(heads).eval()
+    with torch.no_grad():
+        outs = bank(features, mask)
+        assert set(outs) == set(heads)
+        for name, (head, layers) in heads.items():
+            alone = head(features[:, :, list(layers)], mask)
+            torch.testing.assert_close(outs[name], alone, atol=0, rtol=0)
+    assert count_parameters(bank) == sum(count_parameters(h) for h, _ in heads.values())
+    with pytest.raises(UserError, match="already"):
+        bank.add("last", build_head(small_cfg()), (0,))
+    with pytest.raises(UserError, match="expects 2 layer"):
+        bank.add("other", build_head(small_cfg(num_layers_in=2)), (0,))
+    bad = HeadBank({"x": (build_head(small_cfg()), (7,))})
+    with pytest.raises(ValueError, match="selects layers"):
+        bad(features, mask)
