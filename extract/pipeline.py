@@ -26,7 +26,6 @@ from tqdm import tqdm
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
-from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 

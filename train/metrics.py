@@ -77,7 +77,9 @@ def majority_class(train_labels: np.ndarray) -> int:
     return values[np.argmax(counts)].item()
 
 
-def majority_baseline(names: Sequence[str], train_labels: np.ndarray, eval_labels: np.ndarray) -> dict[str, float]:
+def majority_baseline(
+    names: Sequence[str], train_labels: np.ndarray, eval_labels: np.ndarray
+) -> dict[str, float]:
     """Metrics of always predicting the most frequent training class (classification only)."""
     names = _check_names(names)
     regression = [n for n in names if n in REGRESSION_METRICS]

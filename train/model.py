@@ -66,7 +66,9 @@ class HeadConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"Dropout must be in [0, 1), got {self.dropout}.")
         if self.head_type == "probe" and self.layer_mix == "ladder":
-            raise UserError("The linear probe has no blocks: use layer mix 'softmax' or 'last', not 'ladder'.")
+            raise UserError(
+                "The linear probe has no blocks: use layer mix 'softmax' or 'last', not 'ladder'."
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,7 +78,9 @@ class HeadConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UserError(f"Unknown head config field(s) {', '.join(unknown)}: was it written by a newer ytune?")
+            raise UserError(
+                f"Unknown head config field(s) {', '.join(unknown)}: was it written by a newer ytune?"
+            )
         return cls(**dict(d))
 
 
@@ -91,7 +95,9 @@ def _check_inputs(features: torch.Tensor, mask: torch.Tensor, num_layers: int) -
     if features.shape[2] != num_layers:
         raise ValueError(f"the head expects {num_layers} cached layer(s), features have {features.shape[2]}")
     if mask.shape != features.shape[:2]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}"
+        )
     return mask if mask.dtype == torch.bool else mask.to(torch.bool)
 
 
@@ -160,7 +166,9 @@ class _Attention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, k, d = x.shape
         t = memory.shape[1]
         h = self.heads
@@ -213,7 +221,10 @@ class _Block(nn.Module):
         self.self_attn = _Attention(width, heads)
         self.cross_attn = _Attention(width, heads)
         self.ffn = nn.Sequential(
-            nn.Linear(width, ffn_mult * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * width, width)
+            nn.Linear(width, ffn_mult * width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_mult * width, width),
         )
         self.drop = nn.Dropout(dropout)
 
@@ -259,7 +270,9 @@ class YTuningHead(nn.Module):
         self.proj = nn.Identity() if h == d else nn.Linear(h, d)
         self.queries = nn.Parameter(torch.empty(self.num_queries, d))
         nn.init.normal_(self.queries, std=0.02)
-        self.blocks = nn.ModuleList(_Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.blocks))
+        self.blocks = nn.ModuleList(
+            _Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.blocks)
+        )
         self.norm_out = nn.LayerNorm(d)
         self.score = nn.Linear(d, 1)
         # How cross-attention reads the text: "auto" picks the cheaper of "factored" (keys and values
@@ -380,7 +393,9 @@ class HeadBank(nn.Module):
             raise UserError(f"Head {name!r} needs at least one layer.")
         cfg = getattr(head, "cfg", None)
         if cfg is not None and cfg.num_layers_in != len(layers):
-            raise UserError(f"Head {name!r} expects {cfg.num_layers_in} layer(s) but was given {len(layers)}.")
+            raise UserError(
+                f"Head {name!r} expects {cfg.num_layers_in} layer(s) but was given {len(layers)}."
+            )
         self.heads[name] = head
         self.layers[name] = layers
 

@@ -1,0 +1,165 @@
+"""Extraction against transformers itself: the real MiniLM and a tiny random DeBERTa-v2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
+
+from ytune.cache.reader import open_cache
+from ytune.cache.store import verify
+from ytune.extract.data import load_glue
+from ytune.extract.encoder import load_encoder, resolve_model
+from ytune.extract.pipeline import ExtractConfig, extract
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
+CLI = [sys.executable, "-m", "ytune.cli"]
+
+
+def cache_bytes(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file() and "lock" not in f.name}
+
+
+def reference(model_dir: str, texts, pairs, layers) -> list[torch.Tensor]:
+    """What transformers returns, one unpadded row at a time: [tokens, layers, hidden]."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    for i, text in enumerate(texts):
+        enc = tok(text, pairs[i] if pairs else None, truncation="longest_first", max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**enc, output_hidden_states=True).hidden_states
+        out.append(torch.stack([hidden[j][0] for j in layers], dim=1))
+    return out
+
+
+def assert_matches(path: Path, split: str, expected: list[torch.Tensor]) -> None:
+    reader = open_cache(path).split(split)
+    assert len(reader) == len(expected)
+    for row, ref in enumerate(expected):
+        got = reader[row].features
+        assert got.shape == ref.shape  # real tokens only: no padding stored
+        torch.testing.assert_close(got.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_encoder(None, "cpu")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_minilm_features_equal_transformers(tmp_path, minilm, backend):
+    data = load_glue("sst2", ["validation"], GLUE, limit=40)
+    cfg = ExtractConfig(layers=(0, 3, -1), backend=backend, cache_dir=tmp_path, batch_tokens=300, shard_bytes=60_000)
+    result = extract(data, cfg, encoder=load_encoder(None, "cpu"))
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["identity"]["layers"] == [0, 3, 6]
+    assert manifest["splits"]["validation"]["num_shards"] > 1
+    texts = data.splits["validation"].texts
+    assert_matches(result.path, "validation", reference(resolve_model(None), texts, None, (0, 3, 6)))
+    labels = open_cache(result.path).labels("validation", "sst2")
+    assert labels.values.tolist() == data.splits["validation"].labels and labels.names == ["negative", "positive"]
+
+
+def test_pairs_are_encoded_as_pairs(tmp_path, minilm):
+    data = load_glue("mrpc", ["validation"], GLUE, limit=12)
+    split = data.splits["validation"]
+    result = extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path), encoder=minilm)
+    expected = reference(resolve_model(None), split.texts, split.pairs, (6,))
+    assert_matches(result.path, "validation", expected)
+    alone = reference(resolve_model(None), split.texts[:1], None, (6,))[0]
+    assert expected[0].shape[0] > alone.shape[0]  # the pair's tokens are there too
+
+
+def test_tiny_deberta_v2_features_equal_transformers(tmp_path):
+    config = DebertaV2Config(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+        max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+        conv_kernel_size=3, conv_act="gelu", type_vocab_size=0,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-deberta"
+    DebertaV2Model(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model(None)).save_pretrained(folder)
+    data = load_glue("rte", ["validation"], GLUE, limit=10)
+    cfg = ExtractConfig(model=str(folder), layers=(1, -1), cache_dir=tmp_path / "c", dtype="bfloat16", backend="hdf5")
+    result = extract(data, cfg)
+    split = data.splits["validation"]
+    expected = reference(str(folder), split.texts, split.pairs, (1, 3))
+    reader = open_cache(result.path).split("validation")
+    for row, ref in enumerate(expected):
+        got = reader[row].features
+        assert got.dtype == torch.bfloat16 and got.shape == ref.shape
+        torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_the_encoder_runs_no_deeper_than_the_deepest_layer(tmp_path):
+    data = load_glue("sst2", ["validation"], GLUE, limit=4)
+    encoder = load_encoder(None, "cpu")
+    extract(data, ExtractConfig(layers=(2,), cache_dir=tmp_path), encoder=encoder)
+    assert len(encoder.model.encoder.layer) == 2
+
+
+def test_a_killed_extraction_resumes_bit_identical(tmp_path):
+    args = ["extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation", "--limit", "300",
+            "--shard-mb", "0.1", "--batch-tokens", "512", "--layers", "-1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "ref")], capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr
+    ref_path = Path(ref.stdout.strip().splitlines()[-1])
+    job = subprocess.Popen([*CLI, *args, "--cache-dir", str(tmp_path / "job")], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "job" / ref_path.name / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once some, not all, shards are committed
+        shards = json.loads(manifest.read_text())["splits"].get("validation", {}).get("shards", {}) if manifest.exists() else {}
+        if len(shards) >= 2:
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    partial = json.loads(manifest.read_text())["splits"]["validation"]
+    assert 2 <= len(partial["shards"]) < partial["num_shards"]
+    again = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "job")], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(partial['shards'])} shards already cached" in again.stdout
+    assert cache_bytes(manifest.parent) == cache_bytes(ref_path)
+    assert verify(manifest.parent) == []
+
+
+def test_two_gloo_ranks_write_the_same_cache_as_one_process(tmp_path):
+    args = ["extract", "--task", "mrpc", "--data-dir", str(GLUE), "--split", "validation", "--limit", "60",
+            "--shard-mb", "0.2", "--layers", "-1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29577", "-m",
+         "ytune.cli", *args, "--cache-dir", str(tmp_path / "two"), "--device", "cpu"],
+        capture_output=True, text=True, env=env,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    path = Path(one.stdout.strip().splitlines()[-1])
+    assert two.stdout.strip().splitlines()[-1].endswith(path.name)
+    manifest = json.loads((path / "manifest.json").read_text())["splits"]["validation"]
+    assert manifest["num_shards"] >= 4
+    assert cache_bytes(tmp_path / "two" / path.name) == cache_bytes(path)
+
+
+def test_bad_layers_and_models_are_one_sentence_errors(tmp_path):
+    base = [*CLI, "extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation", "--limit", "4",
+            "--cache-dir", str(tmp_path)]
+    bad_layer = subprocess.run([*base, "--layers", "9"], capture_output=True, text=True)
+    assert bad_layer.returncode == 2 and "layer 9 is out of range" in bad_layer.stderr
+    assert "Traceback" not in bad_layer.stderr
+    bad_model = subprocess.run([*base, "--model", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad_model.returncode == 2 and "cannot load encoder" in bad_model.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
