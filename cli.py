@@ -46,7 +46,9 @@ def int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like -4,-3,-2,-1, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like -4,-3,-2,-1, not {text!r}"
+        ) from None
 
 
 def name_list(text: str) -> list[str]:
@@ -64,9 +66,13 @@ def load_dataset_args(args: argparse.Namespace):
             files[split or "train"] = path
         if args.text_field is None:
             raise UserError("--data needs --text-field to name the column that holds the text.")
-        return load_files(files, args.text_field, args.text_pair_field, args.label_field, args.task, args.limit)
+        return load_files(
+            files, args.text_field, args.text_pair_field, args.label_field, args.task, args.limit
+        )
     if args.task is None:
-        raise UserError(f"name a dataset: --task one of {', '.join(GLUE_TASKS)}, or --data FILE with --text-field.")
+        raise UserError(
+            f"name a dataset: --task one of {', '.join(GLUE_TASKS)}, or --data FILE with --text-field."
+        )
     return load_glue(args.task, args.split or ["train", "validation"], args.data_dir, args.limit)
 
 
@@ -76,9 +82,18 @@ def cmd_extract(args: argparse.Namespace) -> None:
     dataset = load_dataset_args(args)
     if args.data and args.split:
         dataset.splits = {s: dataset.splits[s] for s in args.split if s in dataset.splits}
-    cfg = ExtractConfig(model=args.model, layers=[i for group in args.layers for i in group], max_length=args.max_length, dtype=args.dtype,
-                        backend=args.backend, cache_dir=args.cache_dir, batch_tokens=args.batch_tokens,
-                        shard_bytes=int(args.shard_mb * (1 << 20)), device=args.device, autocast=args.autocast)
+    cfg = ExtractConfig(
+        model=args.model,
+        layers=[i for group in args.layers for i in group],
+        max_length=args.max_length,
+        dtype=args.dtype,
+        backend=args.backend,
+        cache_dir=args.cache_dir,
+        batch_tokens=args.batch_tokens,
+        shard_bytes=int(args.shard_mb * (1 << 20)),
+        device=args.device,
+        autocast=args.autocast,
+    )
     result = extract(dataset, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.summary())
@@ -96,35 +111,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ytune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ex = sub.add_parser("extract", help="run the frozen encoder over a dataset once and cache the chosen layers",
-                        description="Run the frozen encoder over a dataset once and cache the chosen layers' "
-                        "features; the last stdout line is the cache's path. Rerun the same command to "
-                        "resume an interrupted extraction.")
+    ex = sub.add_parser(
+        "extract",
+        help="run the frozen encoder over a dataset once and cache the chosen layers",
+        description="Run the frozen encoder over a dataset once and cache the chosen layers' "
+        "features; the last stdout line is the cache's path. Rerun the same command to "
+        "resume an interrupted extraction.",
+    )
     ex.set_defaults(run=cmd_extract)
     src = ex.add_argument_group("data")
-    src.add_argument("--task", help="a GLUE task (sst2, cola, mrpc, rte, stsb, wnli, qnli, qqp, mnli), or the name of "
-                     "your task with --data")
-    src.add_argument("--data-dir", help="local GLUE folder in the standard layout (default: $YTUNE_GLUE_DIR, else the hub)")
-    src.add_argument("--data", action="append", metavar="[SPLIT=]PATH",
-                     help="a CSV/TSV/JSON/JSONL/Parquet file of one split (bare PATH: train); repeat per split")
+    src.add_argument(
+        "--task",
+        help="a GLUE task (sst2, cola, mrpc, rte, stsb, wnli, qnli, qqp, mnli), or the name of "
+        "your task with --data",
+    )
+    src.add_argument(
+        "--data-dir", help="local GLUE folder in the standard layout (default: $YTUNE_GLUE_DIR, else the hub)"
+    )
+    src.add_argument(
+        "--data",
+        action="append",
+        metavar="[SPLIT=]PATH",
+        help="a CSV/TSV/JSON/JSONL/Parquet file of one split (bare PATH: train); repeat per split",
+    )
     src.add_argument("--text-field", help="column holding the text (with --data)")
     src.add_argument("--text-pair-field", help="column holding the second text of pairs (with --data)")
     src.add_argument("--label-field", help="column holding the label (with --data)")
-    src.add_argument("--split", type=name_list, help="splits to extract, comma-separated (GLUE default: train,validation)")
-    src.add_argument("--limit", type=int, help="only the first N rows of each split (a quick run; another cache)")
+    src.add_argument(
+        "--split", type=name_list, help="splits to extract, comma-separated (GLUE default: train,validation)"
+    )
+    src.add_argument(
+        "--limit", type=int, help="only the first N rows of each split (a quick run; another cache)"
+    )
     enc = ex.add_argument_group("encoder and features")
-    enc.add_argument("--model", help="hub id or local folder of a transformers encoder (default: the bundled "
-                     "all-MiniLM-L6-v2)")
-    enc.add_argument("--layers", type=int_list, nargs="+", default=[[-1]], help="hidden states to cache, transformers' "
-                     "numbering (0 = embeddings, -1 = last): --layers -2 -1, or --layers=-2,-1 (default: -1)")
-    enc.add_argument("--max-length", type=int, default=128, help="tokens per row, longer rows truncated (default: 128)")
-    enc.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="storage dtype (default: float16)")
+    enc.add_argument(
+        "--model",
+        help="hub id or local folder of a transformers encoder (default: the bundled all-MiniLM-L6-v2)",
+    )
+    enc.add_argument(
+        "--layers",
+        type=int_list,
+        nargs="+",
+        default=[[-1]],
+        help="hidden states to cache, transformers' "
+        "numbering (0 = embeddings, -1 = last): --layers -2 -1, or --layers=-2,-1 (default: -1)",
+    )
+    enc.add_argument(
+        "--max-length", type=int, default=128, help="tokens per row, longer rows truncated (default: 128)"
+    )
+    enc.add_argument(
+        "--dtype", choices=["float16", "bfloat16"], default="float16", help="storage dtype (default: float16)"
+    )
     enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    enc.add_argument("--autocast", choices=["bf16", "fp16", "none"], default="bf16", help="on CUDA (default: bf16)")
-    enc.add_argument("--batch-tokens", type=int, help="padded tokens per encoder call (default: 4096 on CPU, 32768 on GPU)")
+    enc.add_argument(
+        "--autocast", choices=["bf16", "fp16", "none"], default="bf16", help="on CUDA (default: bf16)"
+    )
+    enc.add_argument(
+        "--batch-tokens", type=int, help="padded tokens per encoder call (default: 4096 on CPU, 32768 on GPU)"
+    )
     out = ex.add_argument_group("cache")
     out.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
-    out.add_argument("--backend", choices=["zarr", "hdf5"], default="zarr", help="shard format (default: zarr)")
+    out.add_argument(
+        "--backend", choices=["zarr", "hdf5"], default="zarr", help="shard format (default: zarr)"
+    )
     out.add_argument("--shard-mb", type=float, default=128, help="target shard size in MB (default: 128)")
 
     for name, help_text in [
@@ -144,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", "recompute every checksum; exit 2 naming each damaged or missing shard"),
         ("rm", "delete a cache (refused while it is being written)"),
     ]:
-        verbs.add_parser(verb, help=help_text).add_argument("path", help="cache folder, or cache id under --cache-dir")
+        verbs.add_parser(verb, help=help_text).add_argument(
+            "path", help="cache folder, or cache id under --cache-dir"
+        )
     for p in [cache, *verbs.choices.values()]:
-        p.add_argument("--cache-dir", default=None, help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+        p.add_argument(
+            "--cache-dir", default=None, help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
+        )
     return parser
 
 

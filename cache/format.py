@@ -48,7 +48,9 @@ def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> tor
     finite = torch.isfinite(half).flatten(start_dim=2).all(dim=2).all(dim=0)
     if not bool(finite.all()):
         bad = [layers[i] for i in torch.nonzero(~finite).flatten().tolist()]
-        raise UserError(f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16.")
+        raise UserError(
+            f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16."
+        )
     return half
 
 

@@ -57,7 +57,12 @@ def summary(path: Path) -> dict:
 
 def info(path: Path) -> dict:
     m = read_manifest(path)
-    return {**summary(path), "identity": m.identity.to_dict(), "info": m.info, "format_version": m.format_version}
+    return {
+        **summary(path),
+        "identity": m.identity.to_dict(),
+        "info": m.info,
+        "format_version": m.format_version,
+    }
 
 
 def verify(path: Path) -> list[str]:
@@ -72,7 +77,9 @@ def verify(path: Path) -> list[str]:
             if not file.exists():
                 problems.append(f"{split}/{file.name}: missing")
             elif size_on_disk(file) != shard.bytes:
-                problems.append(f"{split}/{file.name}: {size_on_disk(file)} bytes, manifest says {shard.bytes}")
+                problems.append(
+                    f"{split}/{file.name}: {size_on_disk(file)} bytes, manifest says {shard.bytes}"
+                )
             elif checksum(file) != shard.checksum:
                 problems.append(f"{split}/{file.name}: checksum mismatch")
         for column, label in sorted(record.labels.items()):

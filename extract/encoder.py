@@ -37,8 +37,13 @@ class Encoder:
 
     def info(self) -> dict:
         config = self.model.config
-        return {"encoder": self.name, "model_type": config.model_type, "hidden_size": self.hidden_size,
-                "num_hidden_layers": self.num_layers, "encoder_parameters": self.parameters}
+        return {
+            "encoder": self.name,
+            "model_type": config.model_type,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "encoder_parameters": self.parameters,
+        }
 
 
 def resolve_model(name: str | None) -> str:
@@ -58,8 +63,14 @@ def load_encoder(name: str | None = None, device: str | None = None) -> Encoder:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
-        where = "folder" if Path(path).exists() else "model name (not a local folder, and the hub is unreachable or has no such model)"
-        raise UserError(f"cannot load encoder {name or DEFAULT_ENCODER!r}: bad {where}: {str(e).splitlines()[0]}") from None
+        where = (
+            "folder"
+            if Path(path).exists()
+            else "model name (not a local folder, and the hub is unreachable or has no such model)"
+        )
+        raise UserError(
+            f"cannot load encoder {name or DEFAULT_ENCODER!r}: bad {where}: {str(e).splitlines()[0]}"
+        ) from None
     model.eval().requires_grad_(False)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Encoder(
@@ -109,7 +120,9 @@ def resolve_layers(requested: Sequence[int], num_layers: int) -> tuple[int, ...]
     out = set()
     for i in requested:
         if not -total <= i < total:
-            raise UserError(f"layer {i} is out of range: the encoder has hidden states 0..{num_layers} (or -{total}..-1).")
+            raise UserError(
+                f"layer {i} is out of range: the encoder has hidden states 0..{num_layers} (or -{total}..-1)."
+            )
         out.add(i % total)
     if not out:
         raise UserError("--layers names no layer.")
@@ -132,7 +145,9 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
             obj = getattr(obj, part, None)
         if isinstance(obj, nn.ModuleList):
             return obj
-    raise UserError(f"cannot find the layer list of {type(model).__name__}; this encoder type is not supported.")
+    raise UserError(
+        f"cannot find the layer list of {type(model).__name__}; this encoder type is not supported."
+    )
 
 
 def forward_layers(model: nn.Module, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:

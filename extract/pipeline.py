@@ -59,9 +59,11 @@ class ExtractResult:
 
     def summary(self) -> str:
         cut = sum(self.truncated.values())
-        return (f"extracted {self.rows} rows, {self.tokens} tokens, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
-                f"({self.tokens / max(self.seconds, 1e-9):.0f} tokens/s); {self.skipped_shards} shards already cached; "
-                f"{cut} rows truncated to max length")
+        return (
+            f"extracted {self.rows} rows, {self.tokens} tokens, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
+            f"({self.tokens / max(self.seconds, 1e-9):.0f} tokens/s); {self.skipped_shards} shards already cached; "
+            f"{cut} rows truncated to max length"
+        )
 
 
 @dataclass
@@ -85,7 +87,9 @@ def tokenize(tokenizer, split: SplitData, max_length: int) -> Tokenized:
             for j, i in enumerate(long):
                 full[key][i] = cut[key][j]
     type_ids = full.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
-    return Tokenized(full["input_ids"], type_ids, np.array([len(x) for x in full["input_ids"]], dtype=np.int64), len(long))
+    return Tokenized(
+        full["input_ids"], type_ids, np.array([len(x) for x in full["input_ids"]], dtype=np.int64), len(long)
+    )
 
 
 def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
@@ -107,9 +111,18 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     encoder = encoder or load_encoder(cfg.model, cfg.device)
     layers = resolve_layers(cfg.layers, encoder.num_layers)
     truncate(encoder.model, max(layers))
-    identity = Identity(encoder.fingerprint, encoder.tokenizer_fingerprint, cfg.max_length, TRUNCATION, layers,
-                        cfg.dtype, dataset.name)
-    tokenized = {name: tokenize(encoder.tokenizer, split, cfg.max_length) for name, split in dataset.splits.items()}
+    identity = Identity(
+        encoder.fingerprint,
+        encoder.tokenizer_fingerprint,
+        cfg.max_length,
+        TRUNCATION,
+        layers,
+        cfg.dtype,
+        dataset.name,
+    )
+    tokenized = {
+        name: tokenize(encoder.tokenizer, split, cfg.max_length) for name, split in dataset.splits.items()
+    }
     root = Path(cfg.cache_dir or default_root())
 
     if rank == 0:
@@ -137,26 +150,42 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     return result
 
 
-def _plan(writer: CacheWriter, dataset: TextDataset, tokenized: dict[str, Tokenized],
-          cfg: ExtractConfig) -> dict[str, list[ShardPlan]]:
+def _plan(
+    writer: CacheWriter, dataset: TextDataset, tokenized: dict[str, Tokenized], cfg: ExtractConfig
+) -> dict[str, list[ShardPlan]]:
     plans = {}
     for name, split in dataset.splits.items():
         tok = tokenized[name]
-        plans[name] = writer.plan_split(name, tok.lengths, text_fingerprint(split), cfg.shard_bytes, tok.truncated)
+        plans[name] = writer.plan_split(
+            name, tok.lengths, text_fingerprint(split), cfg.shard_bytes, tok.truncated
+        )
         if split.labels is not None and writer.exclusive:
             task = dataset.task
             writer.set_labels(name, task.name, split.labels, task.kind, task.label_names, task.metrics)
     return plans
 
 
-def _encode_shards(encoder: Encoder, layers: tuple[int, ...], cfg: ExtractConfig, writer: CacheWriter,
-                   tokenized: dict[str, Tokenized], todo: list[tuple[str, ShardPlan]], result: ExtractResult) -> None:
+def _encode_shards(
+    encoder: Encoder,
+    layers: tuple[int, ...],
+    cfg: ExtractConfig,
+    writer: CacheWriter,
+    tokenized: dict[str, Tokenized],
+    todo: list[tuple[str, ShardPlan]],
+    result: ExtractResult,
+) -> None:
     device = encoder.device
     pad_id = encoder.tokenizer.pad_token_id or 0
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast) if device.type == "cuda" else None
     batch_tokens = cfg.batch_tokens or (32768 if device.type == "cuda" else 4096)
-    bar = tqdm(total=sum(s.tokens for _, s in todo), unit="tok", unit_scale=True, desc="extract",
-               disable=not cfg.progress if cfg.progress is not None else None, file=sys.stderr)
+    bar = tqdm(
+        total=sum(s.tokens for _, s in todo),
+        unit="tok",
+        unit_scale=True,
+        desc="extract",
+        disable=not cfg.progress if cfg.progress is not None else None,
+        file=sys.stderr,
+    )
     with _WriterThread(writer) as out:
         for split, shard in todo:
             tok = tokenized[split]
@@ -167,7 +196,9 @@ def _encode_shards(encoder: Encoder, layers: tuple[int, ...], cfg: ExtractConfig
                     hidden = forward_layers(encoder.model, inputs, layers)
                 pieces.append(to_storage(hidden[mask], cfg.dtype, layers).cpu())
                 bar.update(int(mask.sum()))
-                bar.set_postfix(rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+                bar.set_postfix(
+                    rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}"
+                )
                 result.rows += len(rows)
             result.tokens += shard.tokens
             out.put(split, shard, pieces)
@@ -186,7 +217,11 @@ def _pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) ->
         if types is not None:
             types[i, :n] = tok.type_ids[r]
     pinned = device.type == "cuda"
-    move = lambda a: (torch.from_numpy(a).pin_memory() if pinned else torch.from_numpy(a)).to(device, non_blocking=True)  # noqa: E731
+
+    def move(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return (t.pin_memory() if pinned else t).to(device, non_blocking=True)
+
     inputs = {"input_ids": move(ids), "attention_mask": move(mask)}
     if types is not None:
         inputs["token_type_ids"] = move(types)
@@ -249,4 +284,3 @@ def _init_distributed(rank: int, world: int, cfg: ExtractConfig) -> None:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-

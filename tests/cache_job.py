@@ -31,7 +31,9 @@ def identity(dtype: str) -> Identity:
     return Identity("enc-fp", "tok-fp", 64, "longest_first", LAYERS, dtype, "toy")
 
 
-def run(root: str, backend: str, dtype: str, die_at: int = -1, die_when: str = "before", shard_bytes: int = 12_000) -> str:
+def run(
+    root: str, backend: str, dtype: str, die_at: int = -1, die_when: str = "before", shard_bytes: int = 12_000
+) -> str:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -46,12 +48,23 @@ def run(root: str, backend: str, dtype: str, die_at: int = -1, die_when: str = "
             if shard.index == die_at and die_when == "mid":
                 calls = iter(range(2))  # features written, offsets not yet
                 real = backends.chunk_tokens
-                backends.chunk_tokens = lambda *a, real=real, calls=calls: real(*a) if next(calls, None) is not None else die()
+                backends.chunk_tokens = lambda *a, real=real, calls=calls: (
+                    real(*a) if next(calls, None) is not None else die()
+                )
             if shard.index == die_at and die_when == "after-rename":
                 writer.update_manifest = lambda *a: die()
-            block = torch.cat([features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)])
+            block = torch.cat(
+                [features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]
+            )
             w.write_shard("train", shard, encode(block, dtype, LAYERS))
-        w.set_labels("train", "parity", [int(n % 2) for n in lengths()], "classification", ["even", "odd"], ["accuracy"])
+        w.set_labels(
+            "train",
+            "parity",
+            [int(n % 2) for n in lengths()],
+            "classification",
+            ["even", "odd"],
+            ["accuracy"],
+        )
         return str(w.path)
 
 

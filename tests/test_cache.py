@@ -29,11 +29,17 @@ JOB = Path(__file__).with_name("cache_job.py")
 def cache_files(path: Path) -> dict[str, bytes]:
     """Every byte of a cache but its lock files, keyed by relative name."""
     skip = {LOCK, MANIFEST_LOCK}
-    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file() and f.name not in skip}
+    return {
+        str(f.relative_to(path)): f.read_bytes()
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name not in skip
+    }
 
 
 def run_job(root: Path, backend: str, dtype: str = "float16", *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(JOB), str(root), backend, dtype, *extra], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(JOB), str(root), backend, dtype, *extra], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module", params=[(b, d) for b in BACKENDS for d in ("float16", "bfloat16")], ids=str)
@@ -150,7 +156,11 @@ def test_verify_names_a_corrupted_or_missing_shard(tmp_path, backend):
     path = Path(cache_job.run(str(tmp_path), backend, "float16"))
     suffix = ".zarr" if backend == "zarr" else ".h5"
     shard = path / "train" / f"shard-00002{suffix}"
-    victim = next(f for f in sorted(shard.rglob("*")) if f.is_file() and f.stat().st_size > 10_000) if shard.is_dir() else shard
+    victim = (
+        next(f for f in sorted(shard.rglob("*")) if f.is_file() and f.stat().st_size > 10_000)
+        if shard.is_dir()
+        else shard
+    )
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -167,7 +177,10 @@ def test_verify_names_a_corrupted_or_missing_shard(tmp_path, backend):
 
 def test_a_second_writer_is_refused(tmp_path):
     ident = cache_job.identity("float16")
-    with CacheWriter(tmp_path, ident, info={"hidden_size": 4}), pytest.raises(UserError, match="being written"):
+    with (
+        CacheWriter(tmp_path, ident, info={"hidden_size": 4}),
+        pytest.raises(UserError, match="being written"),
+    ):
         CacheWriter(tmp_path, ident)
     CacheWriter(tmp_path, ident).close()  # the lock goes with its holder
     killed = run_job(tmp_path, "zarr", "float16", "--die-at", "1")
@@ -189,7 +202,9 @@ def test_labels_attach_to_an_existing_cache_without_touching_features(tmp_path):
     path = Path(cache_job.run(str(tmp_path), "zarr", "float16"))
     before = {k: v for k, v in cache_files(path).items() if "shard-" in k}
     with CacheWriter(tmp_path, cache_job.identity("float16")) as w:
-        w.set_labels("train", "length", [float(n) for n in cache_job.lengths()], "regression", None, ["pearson"])
+        w.set_labels(
+            "train", "length", [float(n) for n in cache_job.lengths()], "regression", None, ["pearson"]
+        )
     column = open_cache(path).labels("train", "length")
     assert column.kind == "regression" and np.array_equal(column.values, cache_job.lengths().astype(float))
     assert {k: v for k, v in cache_files(path).items() if "shard-" in k} == before

@@ -24,7 +24,11 @@ CLI = [sys.executable, "-m", "ytune.cli"]
 
 
 def cache_bytes(path: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file() and "lock" not in f.name}
+    return {
+        str(f.relative_to(path)): f.read_bytes()
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and "lock" not in f.name
+    }
 
 
 def reference(model_dir: str, texts, pairs, layers) -> list[torch.Tensor]:
@@ -33,7 +37,9 @@ def reference(model_dir: str, texts, pairs, layers) -> list[torch.Tensor]:
     model = AutoModel.from_pretrained(model_dir).eval()
     out = []
     for i, text in enumerate(texts):
-        enc = tok(text, pairs[i] if pairs else None, truncation="longest_first", max_length=128, return_tensors="pt")
+        enc = tok(
+            text, pairs[i] if pairs else None, truncation="longest_first", max_length=128, return_tensors="pt"
+        )
         with torch.no_grad():
             hidden = model(**enc, output_hidden_states=True).hidden_states
         out.append(torch.stack([hidden[j][0] for j in layers], dim=1))
@@ -57,7 +63,9 @@ def minilm():
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_minilm_features_equal_transformers(tmp_path, minilm, backend):
     data = load_glue("sst2", ["validation"], GLUE, limit=40)
-    cfg = ExtractConfig(layers=(0, 3, -1), backend=backend, cache_dir=tmp_path, batch_tokens=300, shard_bytes=60_000)
+    cfg = ExtractConfig(
+        layers=(0, 3, -1), backend=backend, cache_dir=tmp_path, batch_tokens=300, shard_bytes=60_000
+    )
     result = extract(data, cfg, encoder=load_encoder(None, "cpu"))
     manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["identity"]["layers"] == [0, 3, 6]
@@ -65,7 +73,10 @@ def test_minilm_features_equal_transformers(tmp_path, minilm, backend):
     texts = data.splits["validation"].texts
     assert_matches(result.path, "validation", reference(resolve_model(None), texts, None, (0, 3, 6)))
     labels = open_cache(result.path).labels("validation", "sst2")
-    assert labels.values.tolist() == data.splits["validation"].labels and labels.names == ["negative", "positive"]
+    assert labels.values.tolist() == data.splits["validation"].labels and labels.names == [
+        "negative",
+        "positive",
+    ]
 
 
 def test_pairs_are_encoded_as_pairs(tmp_path, minilm):
@@ -80,17 +91,31 @@ def test_pairs_are_encoded_as_pairs(tmp_path, minilm):
 
 def test_tiny_deberta_v2_features_equal_transformers(tmp_path):
     config = DebertaV2Config(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
-        max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
-        conv_kernel_size=3, conv_act="gelu", type_vocab_size=0,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=16,
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        position_biased_input=False,
+        conv_kernel_size=3,
+        conv_act="gelu",
+        type_vocab_size=0,
     )
     torch.manual_seed(0)
     folder = tmp_path / "tiny-deberta"
     DebertaV2Model(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_model(None)).save_pretrained(folder)
     data = load_glue("rte", ["validation"], GLUE, limit=10)
-    cfg = ExtractConfig(model=str(folder), layers=(1, -1), cache_dir=tmp_path / "c", dtype="bfloat16", backend="hdf5")
+    cfg = ExtractConfig(
+        model=str(folder), layers=(1, -1), cache_dir=tmp_path / "c", dtype="bfloat16", backend="hdf5"
+    )
     result = extract(data, cfg)
     split = data.splits["validation"]
     expected = reference(str(folder), split.texts, split.pairs, (1, 3))
@@ -109,18 +134,43 @@ def test_the_encoder_runs_no_deeper_than_the_deepest_layer(tmp_path):
 
 
 def test_a_killed_extraction_resumes_bit_identical(tmp_path):
-    args = ["extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation", "--limit", "300",
-            "--shard-mb", "0.1", "--batch-tokens", "512", "--layers", "-1"]
+    args = [
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(GLUE),
+        "--split",
+        "validation",
+        "--limit",
+        "300",
+        "--shard-mb",
+        "0.1",
+        "--batch-tokens",
+        "512",
+        "--layers",
+        "-1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "ref")], capture_output=True, text=True, env=env)
+    ref = subprocess.run(
+        [*CLI, *args, "--cache-dir", str(tmp_path / "ref")], capture_output=True, text=True, env=env
+    )
     assert ref.returncode == 0, ref.stderr
     ref_path = Path(ref.stdout.strip().splitlines()[-1])
-    job = subprocess.Popen([*CLI, *args, "--cache-dir", str(tmp_path / "job")], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        [*CLI, *args, "--cache-dir", str(tmp_path / "job")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     manifest = tmp_path / "job" / ref_path.name / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once some, not all, shards are committed
-        shards = json.loads(manifest.read_text())["splits"].get("validation", {}).get("shards", {}) if manifest.exists() else {}
+        shards = (
+            json.loads(manifest.read_text())["splits"].get("validation", {}).get("shards", {})
+            if manifest.exists()
+            else {}
+        )
         if len(shards) >= 2:
             break
         time.sleep(0.05)
@@ -128,7 +178,9 @@ def test_a_killed_extraction_resumes_bit_identical(tmp_path):
     job.wait()
     partial = json.loads(manifest.read_text())["splits"]["validation"]
     assert 2 <= len(partial["shards"]) < partial["num_shards"]
-    again = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "job")], capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [*CLI, *args, "--cache-dir", str(tmp_path / "job")], capture_output=True, text=True, env=env
+    )
     assert again.returncode == 0, again.stderr
     assert f"{len(partial['shards'])} shards already cached" in again.stdout
     assert cache_bytes(manifest.parent) == cache_bytes(ref_path)
@@ -136,15 +188,46 @@ def test_a_killed_extraction_resumes_bit_identical(tmp_path):
 
 
 def test_two_gloo_ranks_write_the_same_cache_as_one_process(tmp_path):
-    args = ["extract", "--task", "mrpc", "--data-dir", str(GLUE), "--split", "validation", "--limit", "60",
-            "--shard-mb", "0.2", "--layers", "-1"]
+    args = [
+        "extract",
+        "--task",
+        "mrpc",
+        "--data-dir",
+        str(GLUE),
+        "--split",
+        "validation",
+        "--limit",
+        "60",
+        "--shard-mb",
+        "0.2",
+        "--layers",
+        "-1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([*CLI, *args, "--cache-dir", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    one = subprocess.run(
+        [*CLI, *args, "--cache-dir", str(tmp_path / "one")], capture_output=True, text=True, env=env
+    )
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29577", "-m",
-         "ytune.cli", *args, "--cache-dir", str(tmp_path / "two"), "--device", "cpu"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29577",
+            "-m",
+            "ytune.cli",
+            *args,
+            "--cache-dir",
+            str(tmp_path / "two"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     path = Path(one.stdout.strip().splitlines()[-1])
@@ -155,8 +238,20 @@ def test_two_gloo_ranks_write_the_same_cache_as_one_process(tmp_path):
 
 
 def test_bad_layers_and_models_are_one_sentence_errors(tmp_path):
-    base = [*CLI, "extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation", "--limit", "4",
-            "--cache-dir", str(tmp_path)]
+    base = [
+        *CLI,
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(GLUE),
+        "--split",
+        "validation",
+        "--limit",
+        "4",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     bad_layer = subprocess.run([*base, "--layers", "9"], capture_output=True, text=True)
     assert bad_layer.returncode == 2 and "layer 9 is out of range" in bad_layer.stderr
     assert "Traceback" not in bad_layer.stderr
