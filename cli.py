@@ -100,6 +100,76 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(result.path)
 
 
+HEAD_KEYS = {"name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
+             "dropout", "layer_mix", "pool"}  # fmt: skip
+
+
+def head_specs(args: argparse.Namespace) -> list:
+    """The heads to train: the one the flags describe, or one per --head, each starting from the flags."""
+    from ytune.train.trainer import HeadSpec
+
+    layers = [i for group in args.layers for i in group] if args.layers else None
+    base = {"name": args.head_type, "label": args.label, "layers": layers, "lr": None, "weight_decay": None,
+            "head_type": args.head_type, "width": args.width, "blocks": args.blocks, "heads": args.heads,
+            "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool}  # fmt: skip
+    specs = []
+    for i, text in enumerate(args.head or [""]):
+        fields = dict(base, name=f"head{i}" if args.head else base["name"])
+        for item in filter(None, text.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in HEAD_KEYS:
+                raise UserError(
+                    f"--head takes KEY=VALUE pairs with keys {', '.join(sorted(HEAD_KEYS))}; got {item!r}."
+                )
+            fields[key] = value
+        try:
+            layers = fields["layers"]
+            layers = [int(x) for x in layers.split(":")] if isinstance(layers, str) else layers
+            config = {k: fields[k] for k in ("head_type", "layer_mix", "pool")}
+            config.update({k: int(fields[k]) for k in ("width", "blocks", "heads")})
+            config["dropout"] = float(fields["dropout"])
+            lr = float(fields["lr"]) if fields["lr"] is not None else None
+            wd = float(fields["weight_decay"]) if fields["weight_decay"] is not None else None
+        except ValueError as e:
+            raise UserError(f"bad value in --head {text!r}: {e}.") from None
+        specs.append(HeadSpec(fields["name"], fields["label"], config, layers, lr, wd))
+    return specs
+
+
+def train_config(args: argparse.Namespace):
+    from ytune.train.trainer import TrainConfig
+
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "train_split", "eval_split", "device",
+            "workers")  # fmt: skip
+    return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
+
+
+def print_metrics(results: dict[str, dict]) -> None:
+    """The last stdout line: one head's metrics, or {head: metrics} for several."""
+    only = next(iter(results.values())) if len(results) == 1 else results
+    print(json.dumps(only, sort_keys=True))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ytune.train.trainer import train
+
+    path = store.resolve(args.cache, args.cache_dir)
+    specs = head_specs(args)
+    out = args.out or os.path.join("runs", specs[0].label or path.name)
+    results = train(
+        path, specs, train_config(args), out, resume=args.resume, log=lambda m: print(m, file=sys.stderr)
+    )
+    print(f"heads saved under {out}", file=sys.stderr)
+    print_metrics(results)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ytune.train.trainer import evaluate
+
+    path = store.resolve(args.cache, args.cache_dir)
+    print_metrics(evaluate(args.head, path, args.split, train_config(args)))
+
+
 def not_built(name: str) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         raise UserError(f"`ytune {name}` is not built yet.")
@@ -176,9 +246,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--shard-mb", type=float, default=128, help="target shard size in MB (default: 128)")
 
+    tr = sub.add_parser(
+        "train",
+        help="train Y-Tuning heads (or a linear probe) on a cache",
+        description="Train label heads on a cache without loading the encoder. The flags describe one head; "
+        "--head KEY=VALUE,... (repeatable) trains several in one pass over the data, each starting from the "
+        "flags (keys: name, label, layers, lr, weight_decay, head_type, width, blocks, heads, ffn_mult, dropout, "
+        "layer_mix, pool; layers as -2:-1). The last stdout line is a JSON object of the best epoch's "
+        "metrics on the evaluation split ({head: metrics} for several heads).",
+    )
+    tr.set_defaults(run=cmd_train)
+    tr.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
+    tr.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    tr.add_argument("--label", help="label column to learn (default: the cache's only one)")
+    tr.add_argument("--out", help="folder for checkpoints and logs (default: runs/<label>)")
+    head = tr.add_argument_group("head")
+    head.add_argument(
+        "--head", action="append", metavar="KEY=VALUE,...", help="one head of several (repeatable)"
+    )
+    head.add_argument(
+        "--head-type", choices=["ytuning", "probe"], default="ytuning", help="(default: ytuning)"
+    )
+    head.add_argument(
+        "--layers", type=int_list, nargs="+", help="hidden states to read: -1, or -2 -1 (default: all cached)"
+    )
+    head.add_argument("--width", type=int, default=256, help="head width (default: 256)")
+    head.add_argument("--blocks", type=int, default=1, help="label-attention blocks (default: 1)")
+    head.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    head.add_argument("--dropout", type=float, default=0.1, help="(default: 0.1)")
+    head.add_argument(
+        "--layer-mix", choices=["softmax", "ladder", "last"], default="softmax", help="(default: softmax)"
+    )
+    head.add_argument(
+        "--pool", choices=["mean", "first"], default="mean", help="probe pooling (default: mean)"
+    )
+    opt = tr.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    opt.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    opt.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
+    opt.add_argument(
+        "--patience", type=int, default=0, help="stop a head after N epochs without improvement (0: never)"
+    )
+    opt.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    opt.add_argument("--train-split", default="train", help="(default: train)")
+    opt.add_argument("--eval-split", default="validation", help="(default: validation)")
+    opt.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    opt.add_argument(
+        "--workers", type=int, default=0, help="DataLoader processes reading the cache (default: 0)"
+    )
+    opt.add_argument(
+        "--resume", action="store_true", help="continue the run in --out after its last finished epoch"
+    )
+
+    ev = sub.add_parser("eval", help="evaluate trained heads on a split of a cache",
+                        description="Metrics of trained heads on a labelled split of any cache in their feature "
+                        "space; the last stdout line is a JSON object of metrics.")  # fmt: skip
+    ev.set_defaults(run=cmd_eval)
+    ev.add_argument("--head", action="append", required=True, help="a trained head's folder (repeatable)")
+    ev.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
+    ev.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    ev.add_argument("--split", default="validation", help="(default: validation)")
+    ev.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    ev.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+
     for name, help_text in [
-        ("train", "train Y-Tuning heads (or a linear probe) on a cache"),
-        ("eval", "evaluate a trained head on a split of a cache"),
         ("predict", "label new texts with one or more trained heads"),
         ("demo", "the whole pipeline on SST-2 with the bundled encoder"),
     ]:

@@ -8,12 +8,15 @@ of 8-64 tokens, the default shard size) in both backends, then measures, per bac
 - reader.StreamDataset through torch DataLoader(batch_size=None, num_workers=0 and 2).
 
 The stream runs shuffle=True, the default shuffle buffer, batch_size 32, one label column. MB/s is
-the split's feature bytes (real tokens, no padding) over the median wall time of --repeats runs,
-so every row reads the same amount and the ratio column is baseline time / stream time. By default
-the page cache is warm: nothing is dropped, every file is read once before timing. --cold evicts
-the cache's files from the page cache (posix_fadvise DONTNEED) before every run instead.
+the split's feature bytes (real tokens, no padding) over the median wall time of --repeats runs
+(3 in quick mode, else 5; the modes run round-robin so outside load falls on all alike), so every
+row reads the same amount and the ratio column is baseline time / stream time. By default the
+page cache is warm: nothing is dropped, every file is read once before timing. --cold evicts the
+cache's files from the page cache (posix_fadvise DONTNEED) before every run instead. --threads
+sets torch's intra-op threads of the main process (DataLoader workers always use 1).
 
-usage: python benchmarks/bench_read.py [--quick] [--out results.json] [--dir DIR] [--profile]
+usage: python benchmarks/bench_read.py [--quick] [--out results.json] [--dir DIR] [--threads N]
+                                       [--repeats N] [--cold] [--profile]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import io
 import itertools
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -143,25 +147,42 @@ def modes(cache: Path) -> dict[str, Callable[[int], dict]]:
 
 
 def measure(cache: Path, backend: str, repeats: int, cold: bool) -> list[dict]:
+    """Every mode `repeats` times, round-robin (baseline, stream modes, baseline, ...), so load from
+    other processes on the machine falls on all of them alike; the median of each."""
     reader = open_cache(cache).split("train")
     feature_bytes = reader.record.tokens * bytes_per_token()
     files = shard_files(cache)
     plain_read(files)  # warm the page cache (and the file system's metadata) before any timing
-    setup = (lambda: evict(files)) if cold else None
     epochs = itertools.count()  # a new shuffle order every run, as in training
-
-    results = []
-    base = timed(lambda: plain_read(files), repeats, setup)
-    results.append({"backend": backend, "mode": "plain read (baseline)", **base})
+    runs: dict[str, Callable[[], dict]] = {"plain read (baseline)": lambda: plain_read(files)}
     for name, fn in modes(cache).items():
-        r = timed(lambda fn=fn: fn(next(epochs)), repeats, setup)
-        got = r["result"]
-        assert got["rows"] == len(reader) and got["tokens"] == reader.record.tokens, (name, got)
-        results.append({"backend": backend, "mode": name, **r})
+        runs[name] = lambda fn=fn: fn(next(epochs))
+    for fn in runs.values():  # one untimed pass each: imports, worker start-up code paths, allocator
+        fn()
+    timings = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            timings[name].append(timed(fn, 1, (lambda: evict(files)) if cold else None))
+    results = []
+    for name, ts in timings.items():
+        seconds = [t["median_s"] for t in ts]
+        got = ts[-1]["result"]
+        if "rows" in got:
+            assert got["rows"] == len(reader) and got["tokens"] == reader.record.tokens, (name, got)
+        results.append(
+            {
+                "backend": backend,
+                "mode": name,
+                "median_s": statistics.median(seconds),
+                "runs_s": seconds,
+                "result": got,
+            }
+        )
+    base = results[0]["median_s"]
     for r in results:
         r["feature_bytes"] = feature_bytes
         r["mb_per_s"] = feature_bytes / 1e6 / r["median_s"]
-        r["ratio"] = base["median_s"] / r["median_s"]
+        r["ratio"] = base / r["median_s"]
     return results
 
 
@@ -181,7 +202,12 @@ def profile(cache: Path, backend: str, top: int = 14) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about 60 MB of features instead of about 300 MB")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
+    p.add_argument(
+        "--repeats", type=int, help="runs per measurement, median reported (default 3, full mode 5)"
+    )
+    p.add_argument(
+        "--threads", type=int, help="torch.set_num_threads for the main process (default: torch's own choice)"
+    )
     p.add_argument("--dir", help="where to build (and reuse) the caches; default a temporary folder")
     p.add_argument("--out", help="also write the results as JSON to this path")
     p.add_argument(
@@ -189,7 +215,13 @@ def main() -> None:
     )
     p.add_argument("--profile", action="store_true", help="also print a cProfile of the stream per backend")
     args = p.parse_args()
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     target = (60 if args.quick else 300) * 10**6
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="ytune-bench-read-") as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)
@@ -199,6 +231,7 @@ def main() -> None:
             caches[backend] = build(root / backend, backend, target)
             built_s = time.perf_counter() - start
             record = open_cache(caches[backend]).split("train").record
+            split_info = {"rows": record.rows, "tokens": record.tokens, "shards": record.num_shards}
             print(
                 f"{backend}: {record.rows} rows, {record.tokens} tokens, "
                 f"{record.tokens * bytes_per_token() / 1e6:.1f} MB of features in {record.num_shards} shards "
@@ -209,6 +242,7 @@ def main() -> None:
             if args.profile:
                 profiles.append(profile(caches[backend], backend))
 
+    load = (load_before[0], os.getloadavg()[0])
     padded = next(r for r in results if r["mode"] == "split.stream(prefetch=0)")["result"]
     first = results[0]
     page_cache = (
@@ -217,12 +251,20 @@ def main() -> None:
         else "warm: nothing dropped, every shard file read once before timing"
     )
     print(
-        f"\nRead throughput, {'quick' if args.quick else 'full'} mode: "
-        f"{first['feature_bytes'] / 1e6:.1f} MB of float16 features, hidden {HIDDEN}, {len(LAYERS)} layers, "
-        f"lengths {MIN_LEN}-{MAX_LEN}, default shard size ({DEFAULT_SHARD_BYTES >> 20} MiB), "
-        f"batch {BATCH}, shuffle=True, default buffer; page cache {page_cache}; "
-        f"median of {args.repeats}; {os.cpu_count()} CPUs. Padding in batches: "
-        f"{padded['padded_tokens'] / padded['tokens'] - 1:.0%} extra tokens.\n"
+        "\n".join(
+            [
+                f"\nRead throughput, {'quick' if args.quick else 'full'} mode",
+                f"- data: {first['feature_bytes'] / 1e6:.1f} MB of float16 features, {split_info['rows']} rows, "
+                f"{split_info['shards']} shard(s) of at most {DEFAULT_SHARD_BYTES >> 20} MiB (the default), "
+                f"hidden {HIDDEN}, {len(LAYERS)} layers, lengths {MIN_LEN}-{MAX_LEN} tokens",
+                f"- stream: batch {BATCH}, shuffle=True, default buffer, one label column; batches carry "
+                f"{padded['padded_tokens'] / padded['tokens'] - 1:.0%} padding tokens (not counted in MB/s)",
+                f"- page cache {page_cache}",
+                f"- median of {args.repeats} runs, modes round-robin; {os.cpu_count()} CPUs, torch threads "
+                f"{torch.get_num_threads()} in the main process (1 in DataLoader workers); 1-min load "
+                f"average {load[0]:.1f} before, {load[1]:.1f} after\n",
+            ]
+        )
     )
     rows = [
         (
@@ -244,6 +286,8 @@ def main() -> None:
             "benchmark": "bench_read",
             "mode": "quick" if args.quick else "full",
             "page_cache": page_cache,
+            "load_average": {"before": load[0], "after": load[1]},
+            "split": split_info,
             "config": {
                 "hidden": HIDDEN,
                 "layers": list(LAYERS),
@@ -252,6 +296,7 @@ def main() -> None:
                 "batch_size": BATCH,
                 "shard_bytes": DEFAULT_SHARD_BYTES,
                 "repeats": args.repeats,
+                "torch_threads": torch.get_num_threads(),
             },
             "environment": environment(),
             "results": [{k: v for k, v in r.items() if k != "result"} | r["result"] for r in results],

@@ -17,6 +17,15 @@ from ytune.train.model import (
 H, D = 24, 16  # small encoder and head widths keep the tests fast
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: one thread is as fast, and does not stall when the CPUs are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_cfg(**kw) -> HeadConfig:
     base = dict(hidden_in=H, width=D, heads=4, dropout=0.0)
     base.update(kw)
@@ -291,6 +300,10 @@ def test_wrong_layer_count_is_an_error():
     features, mask = make_batch(layers=3)
     with pytest.raises(ValueError, match="expects 2 cached layer"):
         head(features, mask)
+    with pytest.raises(ValueError, match="float tensor"):
+        head(features[:, :, :2].to(torch.int16), mask)
+    with pytest.raises(ValueError, match="mask shape"):
+        head(features[:, :, :2], mask[:, :3])
 
 
 def test_head_bank_matches_heads_alone():

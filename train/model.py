@@ -92,6 +92,10 @@ def count_parameters(module: nn.Module) -> int:
 def _check_inputs(features: torch.Tensor, mask: torch.Tensor, num_layers: int) -> torch.Tensor:
     if features.dim() != 4:
         raise ValueError(f"features must be [B, T, L, H], got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(
+            f"features must be a float tensor, got {features.dtype} (view uint16 bfloat16 bits as torch.bfloat16)"
+        )
     if features.shape[2] != num_layers:
         raise ValueError(f"the head expects {num_layers} cached layer(s), features have {features.shape[2]}")
     if mask.shape != features.shape[:2]:
@@ -183,7 +187,7 @@ class _Attention(nn.Module):
     ) -> torch.Tensor:
         """Same as ``forward(x, proj(norm(m)), mask)``, given ``memory`` = the LayerNorm of m without its
         affine part: [B, T, H]. The LayerNorm's affine map and the projection fold into the weights, so
-        with cached features (no gradient) nothing per token takes part in the backward pass.
+        with cached features (no gradient) no per-token tensor needs a gradient.
         """
         b, k, d = x.shape
         hid = memory.shape[2]
@@ -399,12 +403,15 @@ class HeadBank(nn.Module):
         self.heads[name] = head
         self.layers[name] = layers
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor, names: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of the heads ``names`` (default: all), e.g. only those still training."""
         n = features.shape[2]
         selected: dict[tuple[int, ...], torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            layers = self.layers[name]
+        for name in self.heads if names is None else names:
+            head, layers = self.heads[name], self.layers[name]
             if layers not in selected:
                 if not all(-n <= i < n for i in layers):
                     raise ValueError(f"head {name!r} selects layers {layers}, features have {n}")

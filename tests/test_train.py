@@ -1,0 +1,193 @@
+"""Training on real caches of real GLUE rows (MiniLM features): heads, K-in-one-pass, checkpoints."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ytune.cache.reader import open_cache
+from ytune.errors import UserError
+from ytune.extract.data import load_glue
+from ytune.extract.encoder import load_encoder
+from ytune.extract.pipeline import ExtractConfig, extract
+from ytune.train.checkpoint import load_head
+from ytune.train.trainer import HeadSpec, TrainConfig, evaluate, train
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
+CLI = [sys.executable, "-m", "ytune.cli"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory, encoder):
+    """300 training and 200 validation rows of SST-2, hidden states 5 and 6."""
+    root = tmp_path_factory.mktemp("sst2")
+    data = load_glue("sst2", ["train", "validation"], GLUE, limit=300)
+    data.splits["validation"] = load_glue("sst2", ["validation"], GLUE, limit=200).splits["validation"]
+    return extract(data, ExtractConfig(layers=(-2, -1), cache_dir=root), encoder=encoder).path
+
+
+def quick(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 2e-3, "buffer_size": 64, **kw})
+
+
+def test_a_head_trains_and_leaves_a_complete_checkpoint(sst2, tmp_path):
+    results = train(
+        sst2,
+        [HeadSpec("yt", config={"width": 64, "heads": 2})],
+        quick(epochs=3),
+        tmp_path,
+        log=lambda m: None,
+    )
+    best = results["yt"]
+    assert set(best) == {"accuracy"} and 0.5 < best["accuracy"] <= 1.0
+    folder = tmp_path / "yt"
+    assert {p.name for p in folder.iterdir()} >= {
+        "head.safetensors",
+        "config.json",
+        "metrics.json",
+        "log.jsonl",
+        "curves.png",
+    }
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [0, 1, 2] and all(e["examples_per_s"] > 0 for e in log)
+    assert log[-1]["loss"] < log[0]["loss"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["validation"] == best and metrics["tunable_parameters"] > 0
+    assert max(e["validation_accuracy"] for e in log) == best["accuracy"]
+
+
+def test_k_heads_in_one_pass_equal_k_separate_runs(sst2, tmp_path):
+    specs = [
+        HeadSpec("a", config={"width": 32, "heads": 2, "dropout": 0.0}, layers=[-1]),
+        HeadSpec("b", config={"width": 64, "heads": 4, "blocks": 2, "dropout": 0.0}, lr=1e-3),
+        HeadSpec("c", config={"head_type": "probe", "dropout": 0.0}, layers=[-2]),
+    ]
+    together = train(sst2, specs, quick(), tmp_path / "together", log=lambda m: None)
+    for spec in specs:
+        alone = train(sst2, [spec], quick(), tmp_path / spec.name, log=lambda m: None)
+        assert alone[spec.name] == together[spec.name]
+        w1 = load_file(tmp_path / spec.name / spec.name / "head.safetensors")
+        w2 = load_file(tmp_path / "together" / spec.name / "head.safetensors")
+        assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_checkpoint_round_trip_and_eval_reproduce_the_training_metrics(sst2, tmp_path):
+    results = train(
+        sst2, [HeadSpec("yt", config={"width": 64, "heads": 2})], quick(), tmp_path, log=lambda m: None
+    )
+    head, info = load_head(tmp_path / "yt")
+    assert info.label == "sst2" and info.label_names == ["negative", "positive"] and info.layers == [5, 6]
+    assert evaluate([tmp_path / "yt"], sst2, "validation") == results
+    reader = open_cache(sst2).split("validation")
+    features = reader[0].features.unsqueeze(0)
+    with torch.no_grad():
+        logits = head(features, torch.ones(features.shape[:2], dtype=torch.bool))
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst2, tmp_path, encoder):
+    train(
+        sst2,
+        [HeadSpec("yt", config={"width": 32, "heads": 2})],
+        quick(epochs=1),
+        tmp_path,
+        log=lambda m: None,
+    )
+    other_rows = load_glue("sst2", ["validation"], GLUE, limit=50)  # another dataset, same feature space
+    same_space = extract(
+        other_rows, ExtractConfig(layers=(-1, -2), cache_dir=tmp_path / "c1"), encoder=encoder
+    ).path
+    assert set(evaluate([tmp_path / "yt"], same_space, "validation")["yt"]) == {"accuracy"}
+    shorter = extract(
+        other_rows, ExtractConfig(layers=(-2, -1), max_length=16, cache_dir=tmp_path / "c2"), encoder=encoder
+    ).path
+    with pytest.raises(UserError, match="differs in: max_length"):
+        evaluate([tmp_path / "yt"], shorter, "validation")
+    fewer_layers = extract(
+        other_rows, ExtractConfig(layers=(-1,), cache_dir=tmp_path / "c3"), encoder=encoder
+    ).path
+    with pytest.raises(UserError, match="holds only"):
+        evaluate([tmp_path / "yt"], fewer_layers, "validation")
+
+
+def test_regression_on_stsb(tmp_path, encoder):
+    data = load_glue("stsb", ["train", "validation"], GLUE, limit=300)
+    path = extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path / "c"), encoder=encoder).path
+    results = train(
+        path,
+        [HeadSpec("yt", config={"width": 64, "heads": 2})],
+        quick(epochs=3, lr=3e-3),
+        tmp_path / "r",
+        log=lambda m: None,
+    )
+    assert set(results["yt"]) == {"pearson", "spearman"}
+    assert results["yt"]["pearson"] > 0.3  # 300 rows, 3 epochs: clearly learning, far from chance (0)
+    head, info = load_head(tmp_path / "r" / "yt")
+    assert info.config.kind == "regression" and info.config.num_labels == 1
+
+
+def test_cli_train_and_eval_print_metrics_last(sst2, tmp_path):
+    out = subprocess.run([*CLI, "train", "--cache", str(sst2), "--out", str(tmp_path), "--epochs", "1",
+                          "--width", "32", "--heads", "2", "--head", "name=yt", "--head", "name=probe,head_type=probe"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == {"yt", "probe"} and set(last["yt"]) == {"accuracy"}
+    ev = subprocess.run([*CLI, "eval", "--head", str(tmp_path / "probe"), "--cache", str(sst2), "--split", "validation"],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout.strip().splitlines()[-1]) == last["probe"]
+    bad = subprocess.run(
+        [*CLI, "train", "--cache", str(sst2), "--head", "colour=red"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
+    args = [
+        *CLI,
+        "train",
+        "--cache",
+        str(sst2),
+        "--epochs",
+        "8",
+        "--batch-size",
+        "4",
+        "--width",
+        "32",
+        "--heads",
+        "2",
+    ]
+    full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    job = subprocess.Popen(
+        [*args, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    state = tmp_path / "cut" / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert torch.load(state, weights_only=False)["epoch"] < 7  # killed mid-run
+    resumed = subprocess.run(
+        [*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stderr
+    assert json.loads(resumed.stdout.splitlines()[-1]) == json.loads(full.stdout.splitlines()[-1])
+    a = load_file(tmp_path / "full" / "ytuning" / "head.safetensors")
+    b = load_file(tmp_path / "cut" / "ytuning" / "head.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

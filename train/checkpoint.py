@@ -1,0 +1,87 @@
+"""A trained head on disk: `head.safetensors` + `config.json` (+ `metrics.json` from training).
+
+The config names the cache identity the head was trained on and the hidden-state layers it reads,
+so using it on features of another encoder, tokenizer, length or layer set is refused; another
+dataset in the same feature space is fine (evaluating on a new test set is the point).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ytune.cache.identity import Identity
+from ytune.errors import UserError
+from ytune.train.model import HeadConfig, build_head
+
+FEATURE_FIELDS = ("encoder", "tokenizer", "max_length", "truncation")
+
+
+@dataclass
+class HeadInfo:
+    name: str
+    config: HeadConfig
+    label: str  # the label column it was trained on (the task)
+    label_names: list[str] | None
+    metrics: list[str]
+    layers: list[int]  # hidden-state indices it reads (transformers' numbering, non-negative)
+    identity: dict  # the training cache's identity
+    encoder: dict  # the cache's encoder info: name, model type, widths (what predict loads)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "head": self.config.to_dict(),
+            "label": self.label,
+            "label_names": self.label_names,
+            "metrics": self.metrics,
+            "layers": self.layers,
+            "identity": self.identity,
+            "encoder": self.encoder,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadInfo:
+        return cls(d["name"], HeadConfig.from_dict(d["head"]), d["label"], d["label_names"], d["metrics"],
+                   d["layers"], d["identity"], d["encoder"])  # fmt: skip
+
+    def positions(self, identity: Identity, where: str) -> list[int]:
+        """Where this head's layers sit among `identity`'s cached layers; a clear error if the
+        features are not the ones the head was trained on."""
+        mine = Identity.from_dict(self.identity)
+        differs = [f for f in FEATURE_FIELDS if getattr(mine, f) != getattr(identity, f)]
+        if differs:
+            raise UserError(f"head {self.name!r} was trained on other features than {where} "
+                            f"(differs in: {', '.join(differs)}).")  # fmt: skip
+        missing = [i for i in self.layers if i not in identity.layers]
+        if missing:
+            raise UserError(f"head {self.name!r} reads layers {self.layers}, but {where} holds only "
+                            f"{list(identity.layers)}.")  # fmt: skip
+        return [identity.layers.index(i) for i in self.layers]
+
+
+def save_head(directory: Path, head: nn.Module, info: HeadInfo) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+        directory / "head.safetensors",
+    )
+    (directory / "config.json").write_text(json.dumps(info.to_dict(), indent=1) + "\n")
+
+
+def load_head(directory: str | Path) -> tuple[nn.Module, HeadInfo]:
+    directory = Path(directory)
+    try:
+        info = HeadInfo.from_dict(json.loads((directory / "config.json").read_text()))
+        weights = load_file(directory / "head.safetensors")
+    except FileNotFoundError as e:
+        raise UserError(f"{directory} is not a trained head: {Path(e.filename).name} is missing.") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{directory} holds a damaged head ({e}).") from None
+    head = build_head(info.config)
+    head.load_state_dict(weights)
+    return head.eval(), info
