@@ -37,9 +37,41 @@ def cmd_cache(args: argparse.Namespace) -> None:
         if problems:
             raise UserError(f"cache {path} failed verification: {len(problems)} problem(s), listed above.")
         print(f"ok: {path}")
+    elif args.verb == "label":
+        attach_labels(path, args)
     elif args.verb == "rm":
         store.remove(path)
         print(f"removed {path}")
+
+
+def attach_labels(path, args: argparse.Namespace) -> None:
+    """A new label column over texts already cached: no extraction. The file's rows are joined to
+    the split's rows by position, and its texts must be the cached texts, so a shuffled or edited
+    file is refused instead of silently mislabelling."""
+    from ytune.cache.manifest import read_manifest
+    from ytune.cache.writer import CacheWriter
+    from ytune.extract.data import load_files, text_fingerprint
+
+    manifest = read_manifest(path)
+    if args.split not in manifest.splits:
+        raise UserError(f"cache {path} has no split {args.split!r} (it has: {', '.join(manifest.splits)}).")
+    data = load_files(
+        {args.split: args.file}, args.text_field, args.text_pair_field, args.label_field, args.name
+    )
+    split = data.splits[args.split]
+    if text_fingerprint(split) != manifest.splits[args.split].text_fingerprint:
+        raise UserError(f"the texts in {args.file} are not the texts of split {args.split!r}, row for row; "
+                        "labels are joined by row, so the file must list the same texts in the same order.")  # fmt: skip
+    if split.labels is None:
+        raise UserError(f"{args.file} has no labels in column {args.label_field!r}.")
+    if path.name != manifest.cache_id:
+        raise UserError(
+            f"{path} is named {path.name}, not its cache id {manifest.cache_id}; rename it back first."
+        )
+    task = data.task
+    with CacheWriter(path.parent, manifest.identity, manifest.backend) as writer:
+        writer.set_labels(args.split, task.name, split.labels, task.kind, task.label_names, task.metrics)
+    print(f"label column {task.name!r} attached to split {args.split!r} of {path}")
 
 
 def int_list(text: str) -> list[int]:
@@ -328,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
         verbs.add_parser(verb, help=help_text).add_argument(
             "path", help="cache folder, or cache id under --cache-dir"
         )
+    lab = verbs.add_parser(
+        "label",
+        help="attach a new label column (a new task) to a cached split, without extracting again",
+        description="Attach a label column to a cached split. The file (CSV/TSV/JSON/JSONL/Parquet) lists "
+        "the split's texts in the cache's row order with a label for each; the texts must match exactly.",
+    )
+    lab.add_argument("path", help="cache folder, or cache id under --cache-dir")
+    lab.add_argument("--split", required=True, help="the cached split the labels belong to")
+    lab.add_argument("--file", required=True, help="file with the texts and their labels")
+    lab.add_argument("--name", required=True, help="name of the new label column (the task)")
+    lab.add_argument("--text-field", required=True, help="column holding the text")
+    lab.add_argument("--text-pair-field", help="column holding the second text of pairs")
+    lab.add_argument("--label-field", required=True, help="column holding the label")
     for p in [cache, *verbs.choices.values()]:
         p.add_argument(
             "--cache-dir", default=None, help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"

@@ -191,3 +191,31 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     a = load_file(tmp_path / "full" / "ytuning" / "head.safetensors")
     b = load_file(tmp_path / "cut" / "ytuning" / "head.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_label_set_trains_without_extracting_again(sst2, tmp_path):
+    import csv
+
+    shards_before = sorted(p.name for p in (sst2 / "train").glob("shard-*"))
+    for split, limit in (("train", 300), ("validation", 200)):
+        texts = load_glue("sst2", [split], GLUE, limit=limit).splits[split].texts
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence", "size"])
+            w.writerows([t, "long" if len(t.split()) > 12 else "short"] for t in texts)
+        out = subprocess.run([*CLI, "cache", "label", str(sst2), "--split", split, "--file", str(tmp_path / f"{split}.csv"),
+                              "--name", "size", "--text-field", "sentence", "--label-field", "size"],
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    column = open_cache(sst2).labels("train", "size")
+    assert column.names == ["long", "short"] and column.kind == "classification"
+    results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2})], quick(epochs=3),
+                    tmp_path / "r", log=lambda m: None)  # fmt: skip
+    assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
+    assert sorted(p.name for p in (sst2 / "train").glob("shard-*")) == shards_before
+    rows = (tmp_path / "train.csv").read_text().splitlines()
+    (tmp_path / "shuffled.csv").write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")
+    bad = subprocess.run([*CLI, "cache", "label", str(sst2), "--split", "train", "--file", str(tmp_path / "shuffled.csv"),
+                          "--name", "size2", "--text-field", "sentence", "--label-field", "size"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "row for row" in bad.stderr
