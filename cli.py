@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ytune.cache import store
 from ytune.cache.format import default_root
@@ -202,11 +202,31 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print_metrics(evaluate(args.head, path, args.split, train_config(args)))
 
 
-def not_built(name: str) -> Callable[[argparse.Namespace], None]:
-    def run(args: argparse.Namespace) -> None:
-        raise UserError(f"`ytune {name}` is not built yet.")
+def cmd_predict(args: argparse.Namespace) -> None:
+    from ytune.predict import Predictor
 
-    return run
+    if args.input:
+        from ytune.extract.data import load_files
+
+        split = load_files({"input": args.input}, args.text_field, args.text_pair_field).splits["input"]
+        texts, pairs = split.texts, split.pairs
+    elif args.texts:
+        texts, pairs = args.texts, None
+    else:
+        raise UserError("give texts to label, as arguments or with --input FILE --text-field COLUMN.")
+    predictor = Predictor(args.head, args.model, args.device)
+    answers = predictor.predict(texts, pairs, progress=None if args.input else False)
+    for i, answer in enumerate(answers):
+        item = {"text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
+        print(json.dumps(item, ensure_ascii=False))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ytune.demo import format_table, run_demo
+
+    result = run_demo(args.data_dir, args.cache_dir, args.out, args.train_rows or None, args.epochs,
+                      log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    print(format_table(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,11 +362,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     ev.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
 
-    for name, help_text in [
-        ("predict", "label new texts with one or more trained heads"),
-        ("demo", "the whole pipeline on SST-2 with the bundled encoder"),
-    ]:
-        sub.add_parser(name, help=help_text).set_defaults(run=not_built(name))
+    pr = sub.add_parser(
+        "predict",
+        help="label new texts with one or more trained heads",
+        description="Label texts with trained heads: each text goes through the encoder once and every head "
+        "answers from the same features. Prints one JSON object per input line.",
+    )
+    pr.set_defaults(run=cmd_predict)
+    pr.add_argument("texts", nargs="*", help="texts to label (or --input)")
+    pr.add_argument("--head", action="append", required=True, help="a trained head's folder (repeatable)")
+    pr.add_argument("--input", help="a CSV/TSV/JSON/JSONL/Parquet file of texts")
+    pr.add_argument("--text-field", default="text", help="column of --input holding the text (default: text)")
+    pr.add_argument("--text-pair-field", help="column of --input holding the second text of pairs")
+    pr.add_argument(
+        "--model", help="the encoder's folder or hub id, if not where the heads' training cache found it"
+    )
+    pr.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+
+    de = sub.add_parser(
+        "demo",
+        help="the whole pipeline on SST-2 with the bundled encoder",
+        description="Extract SST-2 with the bundled all-MiniLM-L6-v2 (or reuse its cache), train a Y-Tuning "
+        "head and the linear probe in one pass, and print their accuracy, parameters and costs.",
+    )
+    de.set_defaults(run=cmd_demo)
+    de.add_argument(
+        "--data-dir", help="local GLUE folder (default: $YTUNE_GLUE_DIR, else the Hugging Face hub)"
+    )
+    de.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    de.add_argument("--out", default="runs/demo", help="folder for the heads (default: runs/demo)")
+    de.add_argument(
+        "--train-rows", type=int, default=20000, help="training rows to use, 0 for all (default: 20000)"
+    )
+    de.add_argument("--epochs", type=int, default=3, help="(default: 3)")
 
     cache = sub.add_parser("cache", help="list, inspect, verify or remove caches")
     cache.set_defaults(run=cmd_cache)

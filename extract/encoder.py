@@ -57,7 +57,9 @@ def resolve_model(name: str | None) -> str:
 
 def load_encoder(name: str | None = None, device: str | None = None) -> Encoder:
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # ytune reports its own progress; a weight-loading bar is noise
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

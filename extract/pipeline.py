@@ -175,8 +175,6 @@ def _encode_shards(
     result: ExtractResult,
 ) -> None:
     device = encoder.device
-    pad_id = encoder.tokenizer.pad_token_id or 0
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast) if device.type == "cuda" else None
     batch_tokens = cfg.batch_tokens or (32768 if device.type == "cuda" else 4096)
     bar = tqdm(
         total=sum(s.tokens for _, s in todo),
@@ -191,9 +189,7 @@ def _encode_shards(
             tok = tokenized[split]
             pieces = []
             for rows in batches(shard, batch_tokens):
-                inputs, mask = _pad(tok, rows, pad_id, device)
-                with torch.inference_mode(), torch.autocast(device.type, amp) if amp else nullcontext():
-                    hidden = forward_layers(encoder.model, inputs, layers)
+                hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
                 pieces.append(to_storage(hidden[mask], cfg.dtype, layers).cpu())
                 bar.update(int(mask.sum()))
                 bar.set_postfix(
@@ -204,6 +200,18 @@ def _encode_shards(
             out.put(split, shard, pieces)
         result.bytes += out.close()
     bar.close()
+
+
+def run_encoder(
+    encoder: Encoder, tok: Tokenized, rows: np.ndarray, layers: Sequence[int], autocast: str = "bf16"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One padded batch of `rows` through the encoder: hidden states [B, T, layers, H] and the
+    mask [B, T] of real tokens. Extraction keeps hidden[mask]; prediction feeds both to heads."""
+    device = encoder.device
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast) if device.type == "cuda" else None
+    inputs, mask = _pad(tok, rows, encoder.tokenizer.pad_token_id or 0, device)
+    with torch.inference_mode(), torch.autocast(device.type, amp) if amp else nullcontext():
+        return forward_layers(encoder.model, inputs, layers), mask
 
 
 def _pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[dict, torch.Tensor]:
