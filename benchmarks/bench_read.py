@@ -262,7 +262,15 @@ def main() -> None:
                 f"- page cache {page_cache}",
                 f"- median of {args.repeats} runs, modes round-robin; {os.cpu_count()} CPUs, torch threads "
                 f"{torch.get_num_threads()} in the main process (1 in DataLoader workers); 1-min load "
-                f"average {load[0]:.1f} before, {load[1]:.1f} after\n",
+                f"average {load[0]:.1f} before, {load[1]:.1f} after",
+                *(
+                    [
+                        f"- {split_info['shards']} shard(s): DataLoader workers beyond that have nothing to read"
+                    ]
+                    if split_info["shards"] < 2
+                    else []
+                ),
+                "",
             ]
         )
     )

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,28 +13,11 @@ from safetensors.torch import load_file
 from ytune.cache.reader import open_cache
 from ytune.errors import UserError
 from ytune.extract.data import load_glue
-from ytune.extract.encoder import load_encoder
 from ytune.extract.pipeline import ExtractConfig, extract
 from ytune.train.checkpoint import load_head
 from ytune.train.trainer import HeadSpec, TrainConfig, evaluate, train
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
 CLI = [sys.executable, "-m", "ytune.cli"]
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder(None, "cpu")
-
-
-@pytest.fixture(scope="module")
-def sst2(tmp_path_factory, encoder):
-    """300 training and 200 validation rows of SST-2, hidden states 5 and 6."""
-    root = tmp_path_factory.mktemp("sst2")
-    data = load_glue("sst2", ["train", "validation"], GLUE, limit=300)
-    data.splits["validation"] = load_glue("sst2", ["validation"], GLUE, limit=200).splits["validation"]
-    return extract(data, ExtractConfig(layers=(-2, -1), cache_dir=root), encoder=encoder).path
 
 
 def quick(**kw) -> TrainConfig:
@@ -97,7 +79,7 @@ def test_checkpoint_round_trip_and_eval_reproduce_the_training_metrics(sst2, tmp
     assert logits.shape == (1, 2) and torch.isfinite(logits).all()
 
 
-def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst2, tmp_path, encoder):
+def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst2, tmp_path, encoder, glue):
     train(
         sst2,
         [HeadSpec("yt", config={"width": 32, "heads": 2})],
@@ -105,7 +87,7 @@ def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst
         tmp_path,
         log=lambda m: None,
     )
-    other_rows = load_glue("sst2", ["validation"], GLUE, limit=50)  # another dataset, same feature space
+    other_rows = load_glue("sst2", ["validation"], glue, limit=50)  # another dataset, same feature space
     same_space = extract(
         other_rows, ExtractConfig(layers=(-1, -2), cache_dir=tmp_path / "c1"), encoder=encoder
     ).path
@@ -122,8 +104,8 @@ def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst
         evaluate([tmp_path / "yt"], fewer_layers, "validation")
 
 
-def test_regression_on_stsb(tmp_path, encoder):
-    data = load_glue("stsb", ["train", "validation"], GLUE, limit=300)
+def test_regression_on_stsb(tmp_path, encoder, glue):
+    data = load_glue("stsb", ["train", "validation"], glue, limit=300)
     path = extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path / "c"), encoder=encoder).path
     results = train(
         path,
@@ -193,12 +175,12 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_second_label_set_trains_without_extracting_again(sst2, tmp_path):
+def test_a_second_label_set_trains_without_extracting_again(sst2, tmp_path, glue):
     import csv
 
     shards_before = sorted(p.name for p in (sst2 / "train").glob("shard-*"))
     for split, limit in (("train", 300), ("validation", 200)):
-        texts = load_glue("sst2", [split], GLUE, limit=limit).splits[split].texts
+        texts = load_glue("sst2", [split], glue, limit=limit).splits[split].texts
         with open(tmp_path / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["sentence", "size"])

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real GLUE data beside the repository, the real MiniLM, a small real cache."""
+
+from pathlib import Path
+
+import pytest
+
+from ytune.extract.data import load_glue
+from ytune.extract.encoder import load_encoder
+from ytune.extract.pipeline import ExtractConfig, extract
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not GLUE.is_dir():
+        skip = pytest.mark.skip(reason=f"no GLUE data at {GLUE}")
+        for item in items:
+            if "glue" in item.fixturenames:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def glue() -> Path:
+    return GLUE
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return load_encoder(None, "cpu")
+
+
+@pytest.fixture(scope="session")
+def sst2(tmp_path_factory, encoder, glue):
+    """A cache of 300 training and 200 validation rows of SST-2, hidden states 5 and 6."""
+    data = load_glue("sst2", ["train", "validation"], glue, limit=300)
+    data.splits["validation"] = load_glue("sst2", ["validation"], glue, limit=200).splits["validation"]
+    return extract(
+        data, ExtractConfig(layers=(-2, -1), cache_dir=tmp_path_factory.mktemp("sst2")), encoder=encoder
+    ).path
