@@ -32,13 +32,6 @@ class Identity:
     def cache_id(self) -> str:
         return _digest(self.to_dict())
 
-    def feature_space(self) -> str:
-        """A hash of what makes two caches' features comparable for a head: the dataset may differ
-        (evaluating a head on a new test set is the point); encoder, tokenizer, length and layers
-        may not."""
-        d = self.to_dict()
-        return _digest({k: d[k] for k in ("encoder", "tokenizer", "max_length", "truncation", "layers")})
-
     def diff(self, other: Identity) -> list[str]:
         """Names of the fields that differ, for error messages that say what does not match."""
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
+from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
@@ -104,6 +105,9 @@ def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
 
 def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
     """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
+    if "://" in str(cfg.cache_dir or ""):
+        raise UserError(f"--cache-dir {cfg.cache_dir} is a URL; caches are written to a local or network file "
+                        "system (the commit protocol needs atomic rename and locks), then copied.")  # fmt: skip
     start = time.perf_counter()
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
