@@ -172,7 +172,7 @@ def train_config(args: argparse.Namespace):
     from ytune.train.trainer import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "train_split", "eval_split", "device",
-            "workers")  # fmt: skip
+            "workers", "threads")  # fmt: skip
     return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
