@@ -269,6 +269,7 @@ def measure(args) -> dict:
         if not args.no_sync:
             os.sync()
         probe.reset()
+        cpu = time.process_time()
         start = time.perf_counter()
         if name == A:
             with probe.installed():
@@ -278,6 +279,7 @@ def measure(args) -> dict:
         else:
             got = run_naive(s, full_model, encoder.tokenizer, layers, where)
         got["wall_s"] = time.perf_counter() - start
+        got["cpu_s"] = time.process_time() - cpu  # every thread of this process: less sensitive to load
         if name == A:
             manifest = read_manifest(got.pop("path"))
             got["shard_bytes"] = sum(
@@ -329,6 +331,7 @@ def measure(args) -> dict:
 def summarize(m: dict) -> dict:
     tokens, runs = m["tokens"], m["runs"]
     med = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
     a_own = statistics.median(r["seconds"] for r in runs[A])
     paired_ab = statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(runs[A], runs[B], strict=True))
     paired_ac = statistics.median(c["wall_s"] / a["wall_s"] for a, c in zip(runs[A], runs[C], strict=True))
@@ -341,6 +344,8 @@ def summarize(m: dict) -> dict:
     b_parts = {k: statistics.median(r["parts"][k] for r in runs[B]) for k in runs[B][0]["parts"]}
     return {
         "median_s": med,
+        "median_cpu_s": cpu,
+        "cpu_ratio_vs_b": {name: cpu[B] / c for name, c in cpu.items()},
         "tokens_per_s": {name: tokens / s for name, s in med.items()},
         "a_result_seconds": a_own,
         "ratio_vs_b": {name: med[B] / s for name, s in med.items()},
@@ -358,17 +363,36 @@ def summarize(m: dict) -> dict:
 def report(m: dict, s: dict) -> str:
     tokens = m["tokens"]
     med, tps, ratio, bpt = s["median_s"], s["tokens_per_s"], s["ratio_vs_b"], s["bytes_per_token"]
+    cpu, cpu_ratio = s["median_cpu_s"], s["cpu_ratio_vs_b"]
     rows = [
-        [A, f"{med[A]:.3f}", f"{tps[A]:.0f}", f"{ratio[A]:.3f}", f"{bpt[A]:.1f} (ideal {bpt['ideal']})"],
+        [
+            A,
+            f"{med[A]:.3f}",
+            f"{tps[A]:.0f}",
+            f"{ratio[A]:.3f}",
+            f"{bpt[A]:.1f} (ideal {bpt['ideal']})",
+            f"{cpu[A]:.2f}",
+            f"{cpu_ratio[A]:.3f}",
+        ],
         [
             "A (its own result.seconds)",
             f"{s['a_result_seconds']:.3f}",
             f"{tokens / s['a_result_seconds']:.0f}",
             f"{med[B] / s['a_result_seconds']:.3f}",
             "",
+            "",
+            "",
         ],
-        [B, f"{med[B]:.3f}", f"{tps[B]:.0f}", "1.000", "- (nothing kept)"],
-        [C, f"{med[C]:.3f}", f"{tps[C]:.0f}", f"{ratio[C]:.3f}", f"{bpt[C]:.1f}"],
+        [B, f"{med[B]:.3f}", f"{tps[B]:.0f}", "1.000", "- (nothing kept)", f"{cpu[B]:.2f}", "1.000"],
+        [
+            C,
+            f"{med[C]:.3f}",
+            f"{tps[C]:.0f}",
+            f"{ratio[C]:.3f}",
+            f"{bpt[C]:.1f}",
+            f"{cpu[C]:.2f}",
+            f"{cpu_ratio[C]:.3f}",
+        ],
     ]
     out = [
         f"## Extraction: {m['dataset']} {m['split']}, {m['rows']} rows, {tokens} real tokens "
@@ -376,12 +400,17 @@ def report(m: dict, s: dict) -> str:
         f"batch_tokens {m['batch_tokens']}, {m['backend']}, torch threads {m['torch_threads']}, "
         f"temp dir under {m['temp_root']}, {len(m['runs'][A])} interleaved rounds",
         "",
-        markdown_table(["contender", "median s", "tokens/s", "ratio vs B", "bytes/token"], rows),
+        markdown_table(
+            ["contender", "median s", "tokens/s", "ratio vs B", "bytes/token", "CPU s", "CPU ratio vs B"],
+            rows,
+        ),
         "",
         f"- A vs B, median of paired per-round ratios: {s['paired_a_over_b']:.3f} "
         f"(goal >= 0.95: {'met' if s['goal_a_vs_b_0.95'] else 'NOT met'})",
         f"- A vs C, median of paired per-round speed-ups: {s['paired_a_over_c']:.2f}x "
         f"(goal >= 2x: {'met' if s['goal_a_vs_c_2x'] else 'NOT met'})",
+        "- CPU s: process CPU time of all its threads (less sensitive to other load than wall time); "
+        "ratio vs B = B's median over the row's median, so > 1 is faster than B",
         "- per-round seconds: "
         + "; ".join(
             f"{name[0]} " + ", ".join(f"{r['wall_s']:.2f}" for r in rs) for name, rs in m["runs"].items()

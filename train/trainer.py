@@ -204,9 +204,7 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
         raise UserError(f"head names must differ: {', '.join(names)}.")
     cache = open_cache(cache_path)
     reader, eval_reader = cache.split(cfg.train_split), cache.split(cfg.eval_split)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
     steps = cfg.epochs * math.ceil(len(reader) / cfg.batch_size)
     runs = {s.name: _build(cache, s, cfg, steps, device) for s in specs}
     union = sorted({i for r in runs.values() for i in r.info.layers})
@@ -313,6 +311,13 @@ def _config_key(specs: Sequence[HeadSpec], cfg: TrainConfig) -> str:
     return json.dumps([[s.__dict__ for s in specs], keep], sort_keys=True, default=str)
 
 
+def _device(cfg: TrainConfig) -> torch.device:
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    return device
+
+
 def _autocast(device: torch.device):
     return (
         torch.autocast("cuda", torch.bfloat16)
@@ -352,7 +357,7 @@ def evaluate(
     cfg = cfg or TrainConfig()
     cache = open_cache(cache_path)
     reader = cache.split(split)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(cfg)
     loaded = {}
     for d in head_dirs:
         head, info = load_head(d)
