@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ytune.cache.backends import checksum, get_backend, size_on_disk
-from ytune.cache.format import MANIFEST, default_root
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root
 from ytune.cache.manifest import read_manifest
 from ytune.cache.writer import _take_lock
 from ytune.errors import UserError
@@ -91,6 +91,23 @@ def verify(path: Path) -> list[str]:
         if not record.complete:
             problems.append(f"{split}: incomplete, {len(record.shards)} of {record.num_shards} shards")
     return problems
+
+
+def publish(path: Path, url: str) -> str:
+    """Copy a finished cache to an fsspec URL (object store, remote file system), the manifest
+    last: a reader there sees a manifest only once every file it lists is in place. Files already
+    there with the right size are skipped, so an interrupted upload resumes."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    target = f"{root.rstrip('/')}/{path.name}"
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name not in (LOCK, MANIFEST_LOCK))
+    for file in sorted(files, key=lambda f: f.name == MANIFEST):
+        remote = f"{target}/{file.relative_to(path).as_posix()}"
+        if file.name == MANIFEST or not fs.exists(remote) or fs.size(remote) != file.stat().st_size:
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(file), remote)
+    return f"{url.rstrip('/')}/{path.name}"
 
 
 def remove(path: Path) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
+from ytune.cache.store import publish
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
-from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
@@ -40,7 +40,9 @@ class ExtractConfig:
     max_length: int = 128
     dtype: str = "float16"  # storage: "float16" | "bfloat16"
     backend: str = "zarr"  # "zarr" | "hdf5"
-    cache_dir: str | Path | None = None  # root of caches; default $YTUNE_CACHE or ~/.cache/ytune
+    cache_dir: str | Path | None = (
+        None  # root of caches (or an fsspec URL); default $YTUNE_CACHE or ~/.cache/ytune
+    )
     batch_tokens: int | None = None  # padded tokens per encoder call; default 4096 on CPU, 32768 on GPU
     shard_bytes: int = DEFAULT_SHARD_BYTES
     device: str | None = None  # default: cuda if available
@@ -50,7 +52,7 @@ class ExtractConfig:
 
 @dataclass
 class ExtractResult:
-    path: Path
+    path: Path | str  # a local folder, or the URL it was published to
     rows: int = 0  # encoded by this run (committed shards skipped)
     tokens: int = 0
     bytes: int = 0
@@ -105,9 +107,9 @@ def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
 
 def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
     """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
-    if "://" in str(cfg.cache_dir or ""):
-        raise UserError(f"--cache-dir {cfg.cache_dir} is a URL; caches are written to a local or network file "
-                        "system (the commit protocol needs atomic rename and locks), then copied.")  # fmt: skip
+    remote = str(cfg.cache_dir) if "://" in str(cfg.cache_dir or "") else None
+    if remote:  # the commit protocol needs rename and locks: stage on local disk, then publish
+        cfg = replace(cfg, cache_dir=default_root() / "staging")
     start = time.perf_counter()
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -150,6 +152,8 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     finally:
         _barrier(world)
         writer.close()
+    if remote and rank == 0:
+        result.path = publish(result.path, remote)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -258,3 +258,18 @@ def test_bad_layers_and_models_are_one_sentence_errors(tmp_path):
     bad_model = subprocess.run([*base, "--model", str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad_model.returncode == 2 and "cannot load encoder" in bad_model.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_url_cache_dir_is_staged_locally_then_published(tmp_path, minilm, monkeypatch):
+    import fsspec
+
+    monkeypatch.setenv("YTUNE_CACHE", str(tmp_path / "local"))
+    data = load_glue("sst2", ["validation"], GLUE, limit=8)
+    result = extract(data, ExtractConfig(layers=(-1,), cache_dir="memory://bucket/caches"), encoder=minilm)
+    cache_id = Path(str(result.path)).name
+    assert str(result.path) == f"memory://bucket/caches/{cache_id}"
+    fs = fsspec.filesystem("memory")
+    staged = tmp_path / "local" / "staging" / cache_id
+    for name, content in cache_bytes(staged).items():
+        assert fs.cat(f"/bucket/caches/{cache_id}/{name}") == content
+    assert json.loads(fs.cat(f"/bucket/caches/{cache_id}/manifest.json"))["splits"]["validation"]["rows"] == 8
