@@ -133,7 +133,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 HEAD_KEYS = {"name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
-             "dropout", "layer_mix", "pool"}  # fmt: skip
+             "dropout", "layer_mix", "pool", "label_init"}  # fmt: skip
 
 
 def head_specs(args: argparse.Namespace) -> list:
@@ -143,7 +143,8 @@ def head_specs(args: argparse.Namespace) -> list:
     layers = [i for group in args.layers for i in group] if args.layers else None
     base = {"name": args.head_type, "label": args.label, "layers": layers, "lr": None, "weight_decay": None,
             "head_type": args.head_type, "width": args.width, "blocks": args.blocks, "heads": args.heads,
-            "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool}  # fmt: skip
+            "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool,
+            "label_init": args.label_init, "ffn_mult": args.ffn_mult}  # fmt: skip
     specs = []
     for i, text in enumerate(args.head or [""]):
         fields = dict(base, name=f"head{i}" if args.head else base["name"])
@@ -157,8 +158,8 @@ def head_specs(args: argparse.Namespace) -> list:
         try:
             layers = fields["layers"]
             layers = [int(x) for x in layers.split(":")] if isinstance(layers, str) else layers
-            config = {k: fields[k] for k in ("head_type", "layer_mix", "pool")}
-            config.update({k: int(fields[k]) for k in ("width", "blocks", "heads")})
+            config = {k: fields[k] for k in ("head_type", "layer_mix", "pool", "label_init")}
+            config.update({k: int(fields[k]) for k in ("width", "blocks", "heads", "ffn_mult")})
             config["dropout"] = float(fields["dropout"])
             lr = float(fields["lr"]) if fields["lr"] is not None else None
             wd = float(fields["weight_decay"]) if fields["weight_decay"] is not None else None

@@ -62,6 +62,7 @@ class LabelColumn:
     names: list[str] | None
     metrics: list[str]
     values: np.ndarray  # per source row: int64 class (-1 unknown) or float64 target (nan unknown)
+    vectors: np.ndarray | None = None  # [labels, cached layers, hidden]: features of the label names
 
 
 class Cache:
@@ -102,7 +103,8 @@ class Cache:
             values = np.array([-1 if v is None else v for v in doc["values"]], dtype=np.int64)
         else:
             values = np.array([np.nan if v is None else v for v in doc["values"]], dtype=np.float64)
-        return LabelColumn(column, meta.kind, meta.names, meta.metrics, values)
+        vectors = np.asarray(doc["vectors"], dtype=np.float32) if "vectors" in doc else None
+        return LabelColumn(column, meta.kind, meta.names, meta.metrics, values, vectors)
 
     def _record(self, split: str) -> SplitRecord:
         try:

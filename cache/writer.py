@@ -228,9 +228,12 @@ class CacheWriter:
         kind: str,
         names: Sequence[str] | None,
         metrics: Sequence[str],
+        vectors: np.ndarray | None = None,
     ) -> None:
         """Attach a label column to a split (one value per source row, None where unknown). Labels
-        live apart from features, so a new task over cached texts needs no extraction."""
+        live apart from features, so a new task over cached texts needs no extraction. `vectors`
+        [labels, layers, hidden]: the encoder's features of each label's name, for heads that
+        start their label queries there."""
         record = self.manifest().splits.get(split)
         if record is None:
             raise UserError(f"cache {self.path} has no split {split!r} to attach labels to.")
@@ -244,6 +247,8 @@ class CacheWriter:
             "names": list(names) if names else None,
             "values": list(values),
         }
+        if vectors is not None:
+            doc["vectors"] = np.asarray(vectors, dtype=np.float32).tolist()
         final = label_dir / f"{column}.json"
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
         with open(tmp, "w") as f:

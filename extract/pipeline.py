@@ -133,12 +133,12 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
 
     if rank == 0:
         writer = CacheWriter(root, identity, cfg.backend, info=encoder.info())
-        plans = _plan(writer, dataset, tokenized, cfg)
+        plans = _plan(writer, dataset, tokenized, cfg, encoder)
         _barrier(world)
     else:
         _barrier(world)  # rank 0 created the cache and recorded the plans
         writer = CacheWriter(root, identity, cfg.backend, exclusive=False)
-        plans = _plan(writer, dataset, tokenized, cfg)
+        plans = _plan(writer, dataset, tokenized, cfg, encoder)
 
     result = ExtractResult(writer.path, truncated={s: t.truncated for s, t in tokenized.items()})
     try:
@@ -159,18 +159,39 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
 
 
 def _plan(
-    writer: CacheWriter, dataset: TextDataset, tokenized: dict[str, Tokenized], cfg: ExtractConfig
+    writer: CacheWriter,
+    dataset: TextDataset,
+    tokenized: dict[str, Tokenized],
+    cfg: ExtractConfig,
+    encoder: Encoder,
 ) -> dict[str, list[ShardPlan]]:
-    plans = {}
+    task, plans = dataset.task, {}
+    vectors = (
+        label_vectors(encoder, task.label_names, writer.identity)
+        if task.label_names and writer.exclusive
+        else None
+    )
     for name, split in dataset.splits.items():
         tok = tokenized[name]
         plans[name] = writer.plan_split(
             name, tok.lengths, text_fingerprint(split), cfg.shard_bytes, tok.truncated
         )
         if split.labels is not None and writer.exclusive:
-            task = dataset.task
-            writer.set_labels(name, task.name, split.labels, task.kind, task.label_names, task.metrics)
+            writer.set_labels(
+                name, task.name, split.labels, task.kind, task.label_names, task.metrics, vectors
+            )
     return plans
+
+
+def label_vectors(encoder: Encoder, names: Sequence[str], identity: Identity) -> np.ndarray:
+    """[labels, layers, hidden]: each label name ("not_entailment" read as "not entailment") through
+    the encoder, mean over its tokens, as the cache stores features (rounded to its dtype)."""
+    texts = [n.replace("_", " ") for n in names]
+    tok = tokenize(encoder.tokenizer, SplitData(texts, None, None), identity.max_length)
+    hidden, mask = run_encoder(encoder, tok, np.arange(len(texts)), identity.layers)
+    hidden = hidden.to(getattr(torch, identity.dtype)).float()
+    m = mask[:, :, None, None].float()
+    return ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
 
 
 def _encode_shards(

@@ -201,3 +201,21 @@ def test_a_second_label_set_trains_without_extracting_again(sst2, tmp_path, glue
                           "--name", "size2", "--text-field", "sentence", "--label-field", "size"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "row for row" in bad.stderr
+
+
+def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
+    column = open_cache(sst2).labels("train", "sst2")
+    assert column.vectors.shape == (2, 2, 384)  # negative/positive through the encoder, layers 5 and 6
+    spec = HeadSpec("named", config={"width": 32, "heads": 2, "label_init": "names"})
+    train(sst2, [spec], quick(epochs=1, lr=0.0, weight_decay=0.0), tmp_path, log=lambda m: None)
+    head, _ = load_head(tmp_path / "named")
+    with torch.no_grad():
+        expected = head.proj(head.norms_in[0](torch.from_numpy(column.vectors.mean(1))))
+    torch.testing.assert_close(head.queries.detach(), expected)
+    with pytest.raises(UserError, match="label_init=names"):
+        train(
+            sst2,
+            [HeadSpec("p", config={"head_type": "probe", "label_init": "names"})],
+            quick(),
+            tmp_path / "p",
+        )

@@ -44,6 +44,7 @@ class HeadConfig:
     # cross-attends to layer min(i, L-1); "last": only the last layer.
     layer_mix: str = "softmax"
     pool: str = "mean"  # probe only: "mean" over real tokens | "first"
+    label_init: str = "random"  # Y-Tuning only: "random" | "names" (queries start at the encoder's features of the label names)
 
     def __post_init__(self) -> None:
         def check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -54,6 +55,11 @@ class HeadConfig:
         check("head kind", self.kind, KINDS)
         check("layer mix", self.layer_mix, LAYER_MIXES)
         check("pooling", self.pool, POOLS)
+        check("label init", self.label_init, ("random", "names"))
+        if self.label_init == "names" and (self.head_type == "probe" or self.kind == "regression"):
+            raise UserError(
+                "label_init=names needs a Y-Tuning classification head (label names to start from)."
+            )
         if self.kind == "regression":
             self.num_labels = 1  # one query, one scalar
         elif self.num_labels < 2:

@@ -141,9 +141,17 @@ def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, steps: int, device: t
                            "num_layers_in": len(layers), "hidden_in": int(cache.manifest.info["hidden_size"])})  # fmt: skip
     torch.manual_seed(cfg.seed)  # every head starts as it would in a run of its own
     head = build_head(config).to(device)
+    if config.label_init == "names":
+        if column.vectors is None:
+            raise UserError(f"label column {label!r} holds no label-name features (it was attached without the "
+                            "encoder); use label_init=random.")  # fmt: skip
+        cached = list(cache.identity.layers)
+        head.init_queries(
+            torch.from_numpy(column.vectors[:, [cached.index(i) for i in layers]].mean(1)).to(device)
+        )
     info = HeadInfo(spec.name, config, label, column.names, column.metrics, layers, cache.identity.to_dict(),
                     cache.manifest.info)  # fmt: skip
-    optimizer = torch.optim.AdamW(head.parameters(), lr=spec.lr or cfg.lr,
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr if spec.lr is None else spec.lr,
                                   weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)  # fmt: skip
     warm = max(1, int(cfg.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
