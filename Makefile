@@ -25,7 +25,7 @@ demo: install
 	$(VENV)/bin/ytune demo $(if $(GLUE),--data-dir $(GLUE))
 
 test: install lint
-	$(VENV)/bin/pytest
+	$(if $(GLUE),YTUNE_GLUE_DIR=$(abspath $(GLUE))) $(VENV)/bin/pytest
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,7 @@
 """Shared fixtures: the real GLUE data beside the repository, the real MiniLM, a small real cache."""
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,12 @@ from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder
 from ytune.extract.pipeline import ExtractConfig, extract
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+sys.path.insert(0, str(Path(__file__).parent))  # test modules import helpers (cache_job, GLUE) by name
+
+# $YTUNE_GLUE_DIR (the Makefile sets it), else the shared data beside the repository.
+GLUE = Path(
+    os.environ.get("YTUNE_GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+)
 
 
 def pytest_collection_modifyitems(config, items):

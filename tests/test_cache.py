@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cache_job  # noqa: E402  (tests/ is on sys.path: conftest.py)
 import h5py
 import numpy as np
 import pytest
@@ -18,9 +19,6 @@ from ytune.cache.identity import Identity
 from ytune.cache.reader import open_cache
 from ytune.cache.writer import CacheWriter, plan_shards
 from ytune.errors import UserError
-
-sys.path.insert(0, str(Path(__file__).parent))
-import cache_job  # noqa: E402
 
 BACKENDS = ["zarr", "hdf5"]
 JOB = Path(__file__).with_name("cache_job.py")

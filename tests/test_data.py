@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import GLUE as GLUE_DIR  # noqa: E402
 
 from ytune.errors import UserError
 from ytune.extract.data import (
@@ -16,8 +17,6 @@ from ytune.extract.data import (
     load_glue,
     text_fingerprint,
 )
-
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared/data/glue"
 
 needs_glue = pytest.mark.skipif(
     not (GLUE_DIR / "SST-2" / "train.tsv").is_file(),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
 
 from ytune.cache.reader import open_cache
@@ -18,7 +19,6 @@ from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder, resolve_model
 from ytune.extract.pipeline import ExtractConfig, extract
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
 CLI = [sys.executable, "-m", "ytune.cli"]
 
