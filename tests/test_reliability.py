@@ -46,15 +46,16 @@ from ytune.extract import pipeline
 from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder
 from ytune.extract.pipeline import ExtractConfig, extract
+from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import cache_job  # noqa: E402
+from conftest import GLUE  # noqa: E402  ($YTUNE_GLUE_DIR, else the shared data)
 
 pytestmark = pytest.mark.reliability
 
 JOB = HERE / "reliability_job.py"
-GLUE = HERE.resolve().parents[1] / "shared" / "data" / "glue"
 CLI = [sys.executable, "-m", "ytune.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 BACKENDS = ["zarr", "hdf5"]
@@ -247,8 +248,14 @@ def train_args(cache: Path, out: Path) -> list:
 def toy_head(toy_originals, tmp_path_factory):
     """A probe trained on the toy cache (zarr)."""
     out = tmp_path_factory.mktemp("head")
-    run = ytune(*train_args(toy_originals["zarr"], out))
-    assert run.code == 0, run.err
+    config = TrainConfig(epochs=1, batch_size=64, eval_split="train")
+    train(
+        toy_originals["zarr"],
+        [HeadSpec("probe", config={"head_type": "probe"})],
+        config,
+        out,
+        log=lambda m: None,
+    )
     return out / "probe"
 
 
