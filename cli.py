@@ -333,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument(
         "--pool", choices=["mean", "first"], default="mean", help="probe pooling (default: mean)"
     )
+    head.add_argument("--ffn-mult", type=int, default=2, help="feed-forward width / head width (default: 2)")
+    head.add_argument(
+        "--label-init",
+        choices=["random", "names"],
+        default="random",
+        help="start the label queries at random, or at the encoder's features of the label names",
+    )
     opt = tr.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=10, help="(default: 10)")
     opt.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
