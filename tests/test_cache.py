@@ -225,3 +225,21 @@ def test_float16_overflow_names_the_layer():
     with pytest.raises(UserError, match="layer 12"):
         encode(features, "float16", [6, 12])
     assert encode(features, "bfloat16", [6, 12]).dtype == np.uint16
+
+
+def test_cache_verbs_on_the_command_line(tmp_path):
+    path = Path(cache_job.run(str(tmp_path), "zarr", "float16"))
+    cli = [sys.executable, "-m", "ytune.cli", "cache"]
+    ls = subprocess.run([*cli, "ls", "--cache-dir", str(tmp_path)], capture_output=True, text=True)
+    assert ls.returncode == 0 and str(path) in ls.stdout and "train 300 rows" in ls.stdout
+    info = subprocess.run(
+        [*cli, "info", path.name, "--cache-dir", str(tmp_path)], capture_output=True, text=True
+    )
+    summary = json.loads(info.stdout)
+    assert summary["cache_id"] == path.name and summary["splits"]["train"]["rows"] == 300
+    ok = subprocess.run([*cli, "verify", str(path)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"ok: {path}"
+    rm = subprocess.run([*cli, "rm", str(path)], capture_output=True, text=True)
+    assert rm.returncode == 0 and not path.exists()
+    gone = subprocess.run([*cli, "info", str(path)], capture_output=True, text=True)
+    assert gone.returncode == 2 and "no ytune cache" in gone.stderr
