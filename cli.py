@@ -24,6 +24,9 @@ def cmd_cache(args: argparse.Namespace) -> None:
         if not caches:
             print(f"no caches under {args.cache_dir or default_root()}")
         for c in caches:
+            if "error" in c:
+                print(f"{c['path']}  unreadable: {c['error']}")
+                continue
             splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())
             print(f"{c['path']}  {c['encoder']}  {c['dataset']}  [{splits}]  {c['bytes'] / 1e6:.1f} MB")
         return
@@ -31,11 +34,16 @@ def cmd_cache(args: argparse.Namespace) -> None:
     if args.verb == "info":
         print(json.dumps(store.info(path), indent=1))
     elif args.verb == "verify":
-        problems = store.verify(path)
+        problems = store.verify(path, drop=args.drop)
         for p in problems:
             print(p)
         if problems:
-            raise UserError(f"cache {path} failed verification: {len(problems)} problem(s), listed above.")
+            rebuild = (
+                " Damaged shards were dropped: rerun the extraction to rebuild them." if args.drop else ""
+            )
+            raise UserError(
+                f"cache {path} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
+            )
         print(f"ok: {path}")
     elif args.verb == "label":
         attach_labels(path, args)
@@ -429,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--text-field", required=True, help="column holding the text")
     lab.add_argument("--text-pair-field", help="column holding the second text of pairs")
     lab.add_argument("--label-field", required=True, help="column holding the label")
+    verbs.choices["verify"].add_argument(
+        "--drop",
+        action="store_true",
+        help="take damaged shards out of the manifest, so extract rebuilds them",
+    )
     for p in [cache, *verbs.choices.values()]:
         p.add_argument(
             "--cache-dir", default=None, help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"

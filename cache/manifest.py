@@ -6,6 +6,7 @@ manifest or the new one, never a mix, and a writer killed at any moment leaves a
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -79,19 +80,21 @@ class Manifest:
         try:
             d = json.loads(text)
             version = d["format_version"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{where} is not a ytune manifest ({e}).") from None
-        if version > FORMAT_VERSION:
-            raise UserError(
-                f"{where} was written by a newer ytune (cache format {version}, this one reads up to "
-                f"{FORMAT_VERSION}); upgrade ytune."
-            )
-        splits = {}
-        for name, s in d["splits"].items():
-            shards = {k: ShardRecord(**v) for k, v in s.pop("shards").items()}
-            labels = {k: LabelRecord(**v) for k, v in s.pop("labels").items()}
-            splits[name] = SplitRecord(**s, shards=shards, labels=labels)
-        return cls(Identity.from_dict(d["identity"]), d["backend"], d["info"], splits, version)
+            if not isinstance(version, int):
+                raise TypeError(f"format_version {version!r} is not an integer")
+            if version > FORMAT_VERSION:
+                raise UserError(
+                    f"{where} was written by a newer ytune (cache format {version}, this one reads up to "
+                    f"{FORMAT_VERSION}); upgrade ytune."
+                )
+            splits = {}
+            for name, s in d["splits"].items():
+                shards = {k: ShardRecord(**v) for k, v in s.pop("shards").items()}
+                labels = {k: LabelRecord(**v) for k, v in s.pop("labels").items()}
+                splits[name] = SplitRecord(**s, shards=shards, labels=labels)
+            return cls(Identity.from_dict(d["identity"]), d["backend"], d["info"], splits, version)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{where} is not a readable ytune manifest ({type(e).__name__}: {e}).") from None
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -107,12 +110,29 @@ def read_manifest(path: Path) -> Manifest:
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Replace the manifest atomically and durably."""
     tmp = Path(path) / f"{TMP_PREFIX}{MANIFEST}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
+    write_durably(tmp, manifest.to_json())
     os.replace(tmp, Path(path) / MANIFEST)
     fsync_dir(path)
+
+
+def write_durably(tmp: Path, text: str) -> None:
+    """Write and fsync a temporary file; on failure remove it (nothing half-written stays behind)."""
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, tmp.parent) from None
+
+
+def disk_error(e: OSError, where: Path) -> Exception:
+    """A full disk is the user's to fix: one sentence, committed data intact, rerun to resume."""
+    if e.errno == errno.ENOSPC:
+        return UserError(f"the disk holding {where} is full; what was committed is intact, free space and "
+                         "run the same command again to resume.")  # fmt: skip
+    return e
 
 
 def update_manifest(path: Path, change: Callable[[Manifest], None]) -> Manifest:

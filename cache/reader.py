@@ -98,7 +98,13 @@ class Cache:
                 f"split {split!r} of cache {self.path} has no label column {column!r} (it has: {have})."
             )
         meta = record.labels[column]
-        doc = json.loads((self.path / split / "labels" / f"{column}.json").read_text())
+        file = self.path / split / "labels" / f"{column}.json"
+        try:
+            doc = json.loads(file.read_text())
+            doc["values"]  # noqa: B018 (present, or the file is damaged)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"label file {split}/labels/{file.name} of cache {self.path} is missing or damaged "
+                            f"({type(e).__name__}); attach the labels again or run ytune cache verify.") from None  # fmt: skip
         if meta.kind == "classification":
             values = np.array([-1 if v is None else v for v in doc["values"]], dtype=np.int64)
         else:

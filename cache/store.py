@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 from ytune.cache.backends import checksum, get_backend, size_on_disk
-from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
 from ytune.cache.manifest import read_manifest
-from ytune.cache.writer import _take_lock
+from ytune.cache.writer import _take_lock, drop_shards
 from ytune.errors import UserError
 
 
@@ -26,7 +26,14 @@ def list_caches(root: str | Path | None = None) -> list[dict]:
     root = Path(root or default_root())
     if not root.is_dir():
         return []
-    return [summary(p) for p in sorted(root.iterdir()) if (p / MANIFEST).exists()]
+    caches = []
+    for p in sorted(root.iterdir()):
+        if (p / MANIFEST).exists():
+            try:
+                caches.append(summary(p))
+            except UserError as e:  # one unreadable cache must not hide the others
+                caches.append({"path": str(p), "error": str(e)})
+    return caches
 
 
 def summary(path: Path) -> dict:
@@ -65,32 +72,53 @@ def info(path: Path) -> dict:
     }
 
 
-def verify(path: Path) -> list[str]:
+def verify(path: Path, drop: bool = False) -> list[str]:
     """Recompute every checksum the manifest lists; return one line per problem, naming the shard
-    or label file (empty when the cache is sound). Incomplete splits are reported too."""
+    or label file (empty when the cache is sound). Planned shards the manifest does not list are
+    named too. `drop` takes damaged shards out of the manifest, so that rerunning the extraction
+    rebuilds just them."""
     m = read_manifest(path)
     suffix = get_backend(m.backend).suffix
     problems = []
     for split, record in m.splits.items():
+        damaged = []
         for name, shard in sorted(record.shards.items()):
             file = path / split / (name + suffix)
             if not file.exists():
-                problems.append(f"{split}/{file.name}: missing")
+                problem = "missing"
             elif size_on_disk(file) != shard.bytes:
-                problems.append(
-                    f"{split}/{file.name}: {size_on_disk(file)} bytes, manifest says {shard.bytes}"
-                )
+                problem = f"{size_on_disk(file)} bytes, manifest says {shard.bytes}"
             elif checksum(file) != shard.checksum:
-                problems.append(f"{split}/{file.name}: checksum mismatch")
+                problem = "checksum mismatch"
+            else:
+                continue
+            problems.append(f"{split}/{file.name}: {problem}")
+            damaged.append(name)
+        for index in range(record.num_shards):
+            if shard_name(index) not in record.shards:
+                problems.append(
+                    f"{split}/{shard_name(index)}{suffix}: not in the manifest (not written yet, or dropped)"
+                )
         for column, label in sorted(record.labels.items()):
             file = path / split / "labels" / f"{column}.json"
             if not file.exists():
                 problems.append(f"{split}/labels/{file.name}: missing")
             elif checksum(file) != label.checksum:
                 problems.append(f"{split}/labels/{file.name}: checksum mismatch")
-        if not record.complete:
-            problems.append(f"{split}: incomplete, {len(record.shards)} of {record.num_shards} shards")
+        if drop and damaged:
+            with _take_lock(path):
+                drop_shards(path, split, damaged)
     return problems
+
+
+def check_url(url: str) -> None:
+    """An fsspec URL that cannot be opened is refused before any work is done."""
+    import fsspec
+
+    try:
+        fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as e:
+        raise UserError(f"cannot write caches to {url}: {e}") from None
 
 
 def publish(path: Path, url: str) -> str:

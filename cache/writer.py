@@ -9,7 +9,6 @@ resumes at the first missing shard and ends bit-identical to an uninterrupted on
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -31,9 +30,11 @@ from ytune.cache.manifest import (
     Manifest,
     ShardRecord,
     SplitRecord,
+    disk_error,
     fsync_dir,
     read_manifest,
     update_manifest,
+    write_durably,
     write_manifest,
 )
 from ytune.errors import UserError
@@ -117,23 +118,30 @@ class CacheWriter:
             raise UserError(f"cannot create the cache directory {self.path}: {e.strerror}.") from None
         if exclusive:
             self._lock = _take_lock(self.path)
+        try:
+            self._open(info)
+        except BaseException:
+            self.close()  # a refused writer lets go of the lock at once
+            raise
+
+    def _open(self, info: dict | None) -> None:
         if (self.path / MANIFEST).exists():
             manifest = read_manifest(self.path)
-            if manifest.identity != identity:
+            if manifest.identity != self.identity:
                 raise UserError(
                     f"{self.path} holds a cache with another identity (differs in: "
-                    f"{', '.join(manifest.identity.diff(identity))})."
+                    f"{', '.join(manifest.identity.diff(self.identity))})."
                 )
             if manifest.backend != self.backend.name:
                 raise UserError(
                     f"{self.path} was written with the {manifest.backend} backend; "
                     f"extract again with --backend {manifest.backend}."
                 )
-        elif exclusive:
-            write_manifest(self.path, Manifest(identity, self.backend.name, info or {}))
+        elif self.exclusive:
+            write_manifest(self.path, Manifest(self.identity, self.backend.name, info or {}))
         else:
             raise UserError(f"{self.path} has no manifest: the first rank must create the cache.")
-        if exclusive:
+        if self.exclusive:
             self._remove_uncommitted()
 
     def manifest(self) -> Manifest:
@@ -180,8 +188,21 @@ class CacheWriter:
         return plan
 
     def committed(self, split: str) -> set[str]:
+        """Shards of `split` in the manifest and whole on disk. A listed shard that is missing or
+        of the wrong size (truncated, deleted; `ytune cache verify --drop` also drops those with a
+        bad checksum) is taken out of the manifest, so the job encodes it again."""
         record = self.manifest().splits.get(split)
-        return set(record.shards) if record else set()
+        if record is None:
+            return set()
+        damaged = [
+            name for name, shard in record.shards.items() if not _whole(self._shard_path(split, name), shard)
+        ]
+        if damaged and self.exclusive:
+            drop_shards(self.path, split, damaged)
+        return set(record.shards) - set(damaged)
+
+    def _shard_path(self, split: str, name: str) -> Path:
+        return self.path / split / (name + self.backend.suffix)
 
     def write_shard(self, split: str, shard: ShardPlan, features: np.ndarray) -> ShardRecord:
         """Write one planned shard (features [shard.tokens, layers, hidden] in the storage dtype) and
@@ -192,7 +213,7 @@ class CacheWriter:
                 f"shard {shard.name}: features {features.shape} {features.dtype}, expected "
                 f"{expected} + (hidden,) {numpy_dtype(self.identity.dtype)}"
             )
-        final = self.path / split / (shard.name + self.backend.suffix)
+        final = self._shard_path(split, shard.name)
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
         attrs = {
             "dtype": self.identity.dtype,
@@ -205,12 +226,7 @@ class CacheWriter:
             self.backend.write(tmp, features, shard.offsets, shard.rows.astype(np.int64), attrs)
         except OSError as e:
             _remove(tmp)
-            if e.errno == errno.ENOSPC:
-                raise UserError(
-                    f"the disk holding {self.path} is full; committed shards are intact, "
-                    "free space and run the same command again to resume."
-                ) from None
-            raise
+            raise disk_error(e, self.path) from None
         record = ShardRecord(
             rows=len(shard.rows), tokens=shard.tokens, bytes=size_on_disk(tmp), checksum=checksum(tmp)
         )
@@ -251,10 +267,7 @@ class CacheWriter:
             doc["vectors"] = np.asarray(vectors, dtype=np.float32).tolist()
         final = label_dir / f"{column}.json"
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-        with open(tmp, "w") as f:
-            json.dump(doc, f, allow_nan=False, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(tmp, json.dumps(doc, allow_nan=False, separators=(",", ":")))
         label = LabelRecord(kind=kind, names=doc["names"], metrics=list(metrics), checksum=checksum(tmp))
         os.replace(tmp, final)
         fsync_dir(label_dir)
@@ -282,6 +295,15 @@ class CacheWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _whole(path: Path, shard: ShardRecord) -> bool:
+    return path.exists() and size_on_disk(path) == shard.bytes
+
+
+def drop_shards(path: Path, split: str, names: Sequence[str]) -> None:
+    """Forget damaged shards: the next extraction with the same arguments encodes them again."""
+    update_manifest(path, lambda m: [m.splits[split].shards.pop(n, None) for n in names])
 
 
 def _take_lock(path: Path):

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
-from ytune.cache.store import publish
+from ytune.cache.store import check_url, publish
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
+from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
@@ -109,6 +110,7 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
     remote = str(cfg.cache_dir) if "://" in str(cfg.cache_dir or "") else None
     if remote:  # the commit protocol needs rename and locks: stage on local disk, then publish
+        check_url(remote)
         cfg = replace(cfg, cache_dir=default_root() / "staging")
     start = time.perf_counter()
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -116,6 +118,7 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
         _init_distributed(rank, world, cfg)
     encoder = encoder or load_encoder(cfg.model, cfg.device)
     layers = resolve_layers(cfg.layers, encoder.num_layers)
+    check_max_length(encoder, cfg.max_length)
     truncate(encoder.model, max(layers))
     identity = Identity(
         encoder.fingerprint,
@@ -131,17 +134,14 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     }
     root = Path(cfg.cache_dir or default_root())
 
-    if rank == 0:
-        writer = CacheWriter(root, identity, cfg.backend, info=encoder.info())
-        plans = _plan(writer, dataset, tokenized, cfg, encoder)
-        _barrier(world)
-    else:
-        _barrier(world)  # rank 0 created the cache and recorded the plans
-        writer = CacheWriter(root, identity, cfg.backend, exclusive=False)
-        plans = _plan(writer, dataset, tokenized, cfg, encoder)
-
+    if rank != 0:
+        _barrier(world)  # rank 0 creates the cache and records the plans first
+    writer = CacheWriter(root, identity, cfg.backend, info=encoder.info(), exclusive=rank == 0)
     result = ExtractResult(writer.path, truncated={s: t.truncated for s, t in tokenized.items()})
     try:
+        plans = _plan(writer, dataset, tokenized, cfg, encoder)
+        if rank == 0:
+            _barrier(world)
         todo = []
         for split, plan in plans.items():
             done = writer.committed(split)
@@ -156,6 +156,20 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
         result.path = publish(result.path, remote)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def check_max_length(encoder: Encoder, max_length: int) -> None:
+    """Refused before anything is written: too short for the special tokens, or longer than the
+    encoder's positions (transformers would fail mid-way)."""
+    tok = encoder.tokenizer
+    least = tok.num_special_tokens_to_add(pair=True) + 1
+    most = (
+        tok.model_max_length if tok.model_max_length < 1e6 else encoder.model.config.max_position_embeddings
+    )
+    if not least <= max_length <= most:
+        raise UserError(
+            f"--max-length {max_length} is out of range for {encoder.name}: use {least} to {most}."
+        )
 
 
 def _plan(

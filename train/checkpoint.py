@@ -75,13 +75,14 @@ def save_head(directory: Path, head: nn.Module, info: HeadInfo) -> None:
 
 def load_head(directory: str | Path) -> tuple[nn.Module, HeadInfo]:
     directory = Path(directory)
+    if not (directory / "config.json").is_file() or not (directory / "head.safetensors").is_file():
+        raise UserError(f"{directory} is not a trained head: it needs config.json and head.safetensors.")
     try:
         info = HeadInfo.from_dict(json.loads((directory / "config.json").read_text()))
-        weights = load_file(directory / "head.safetensors")
-    except FileNotFoundError as e:
-        raise UserError(f"{directory} is not a trained head: {Path(e.filename).name} is missing.") from None
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{directory} holds a damaged head ({e}).") from None
-    head = build_head(info.config)
-    head.load_state_dict(weights)
+        head = build_head(info.config)
+        head.load_state_dict(load_file(directory / "head.safetensors"))
+    except UserError:
+        raise
+    except Exception as e:  # json, safetensors and torch each raise their own types for damage
+        raise UserError(f"{directory} holds a damaged head ({type(e).__name__}: {e}).") from None
     return head.eval(), info
