@@ -331,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument(
         "--layers", type=int_list, nargs="+", help="hidden states to read: -1, or -2 -1 (default: all cached)"
     )
-    head.add_argument("--width", type=int, default=256, help="head width (default: 256)")
-    head.add_argument("--blocks", type=int, default=1, help="label-attention blocks (default: 1)")
-    head.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    head.add_argument("--width", type=int, default=384, help="head width (default: 384)")
+    head.add_argument("--blocks", type=int, default=2, help="label-attention blocks (default: 2)")
+    head.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
     head.add_argument("--dropout", type=float, default=0.1, help="(default: 0.1)")
     head.add_argument(
         "--layer-mix", choices=["softmax", "ladder", "last"], default="softmax", help="(default: softmax)"
@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the label queries at random, or at the encoder's features of the label names",
     )
     opt = tr.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    opt.add_argument("--epochs", type=int, default=3, help="(default: 3)")
     opt.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    opt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
     opt.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
     opt.add_argument(
         "--patience", type=int, default=0, help="stop a head after N epochs without improvement (0: never)"

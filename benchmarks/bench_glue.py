@@ -32,6 +32,8 @@ def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
     ex = extract(data, ExtractConfig(layers=LAYERS, cache_dir=a.cache_dir, progress=False))
     head = json.loads(a.head)
     specs = [HeadSpec("ytuning", config=head, lr=a.lr), HeadSpec("probe", config={"head_type": "probe"})]
+    if data.task.kind == "classification":  # the same head, its label queries started at the label names
+        specs.insert(1, HeadSpec("ytuning_names", config={**head, "label_init": "names"}, lr=a.lr))
     best = train(ex.path, specs, TrainConfig(epochs=a.epochs), out / task, log=lambda m: None)
     cache = open_cache(ex.path)
     column = cache.labels("train", task)
@@ -41,7 +43,7 @@ def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
         "extract_s": ex.seconds,
         "metric": column.metrics[0],
     }
-    for name in ("ytuning", "probe"):
+    for name in [s.name for s in specs]:
         m = json.loads((out / task / name / "metrics.json").read_text())
         row[name] = best[name]
         row[f"{name}_parameters"] = m["tunable_parameters"]
@@ -71,7 +73,7 @@ def main() -> None:
         a.rows, a.epochs = a.rows or 2000, 2
     rows = [run_task(t, a, Path(a.runs)) for t in a.tasks.split(",")]
     fmt = lambda r, k: f"{r[k][r['metric']]:.4f}" if k in r else "-"  # noqa: E731
-    table = [[r["task"], r["train_rows"], r["metric"], fmt(r, "ytuning"), fmt(r, "probe"), fmt(r, "majority"),
+    table = [[r["task"], r["train_rows"], r["metric"], fmt(r, "ytuning"), fmt(r, "ytuning_names"), fmt(r, "probe"), fmt(r, "majority"),
               f"{r['ytuning_parameters']:,} ({100 * r['ytuning_parameters'] / r['encoder_parameters']:.1f}%)",
               f"{r['ytuning_s_per_epoch']:.0f}"] for r in rows]  # fmt: skip
     headers = [

@@ -176,7 +176,7 @@ def test_factored_and_direct_attention_agree_with_gradients():
 
 
 def test_auto_attention_picks_factored_for_big_batches_only():
-    head = YTuningHead(HeadConfig())  # defaults: H = 384, d = 256, 2 labels
+    head = YTuningHead(HeadConfig(width=256, heads=4, blocks=1))  # H = 384, d = 256, 2 labels
     assert head._use_factored(32 * 64)
     assert not head._use_factored(4)
 
@@ -244,7 +244,7 @@ def test_config_round_trip_and_validation():
     d = cfg.to_dict()
     assert d["pool"] == "first" and d["hidden_in"] == 1536
     assert HeadConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    assert HeadConfig.from_dict({"width": 64}) == HeadConfig(width=64)
+    assert HeadConfig.from_dict({"width": 64, "heads": 4}) == HeadConfig(width=64, heads=4)
     with pytest.raises(UserError, match="Unknown head config field"):
         HeadConfig.from_dict({**d, "bogus": 1})
     for bad in (
@@ -277,9 +277,13 @@ def test_count_parameters_ytuning_by_hand():
     ffn = d * 2 * d + 2 * d + 2 * d * d + d
     block = 3 * 2 * d + 2 * attention + ffn
     expected = 2 * h + (h * d + d) + k * d + block + 2 * d + (d + 1)
-    assert count_parameters(YTuningHead(HeadConfig(hidden_in=h))) == expected == 891393
+    one_block = {"width": d, "heads": 4, "blocks": 1}
+    assert count_parameters(YTuningHead(HeadConfig(hidden_in=h, **one_block))) == expected == 891393
     # identity projection when the widths match
-    assert count_parameters(YTuningHead(HeadConfig(hidden_in=d))) == expected - 2 * h - (h * d + d) + 2 * d
+    assert (
+        count_parameters(YTuningHead(HeadConfig(hidden_in=d, **one_block)))
+        == expected - 2 * h - (h * d + d) + 2 * d
+    )
 
 
 def test_init_queries():

@@ -35,9 +35,11 @@ class HeadConfig:
     num_labels: int = 2  # regression always has 1 (set automatically)
     num_layers_in: int = 1  # L, cached layers the head sees
     hidden_in: int = 384  # H, encoder width
-    width: int = 256  # head width d
-    blocks: int = 1
-    heads: int = 4
+    # Defaults measured best on SST-2 with all-MiniLM-L6-v2 (benchmarks/RESULTS.md): 384 wide,
+    # 2 blocks beat 256 x 1 by 1.7 points (0.853 against 0.836), 2 epochs at lr 5e-4.
+    width: int = 384  # head width d
+    blocks: int = 2
+    heads: int = 6
     ffn_mult: int = 2
     dropout: float = 0.1
     # "softmax": learned softmax-weighted sum of the L layers, then LayerNorm; "ladder": block i
@@ -279,7 +281,9 @@ class YTuningHead(nn.Module):
             self.norm_index = {0: 0}
         self.proj = nn.Identity() if h == d else nn.Linear(h, d)
         self.queries = nn.Parameter(torch.empty(self.num_queries, d))
-        nn.init.normal_(self.queries, std=0.02)
+        # Unit scale, like embeddings: at std 0.02 the label queries start nearly identical, and
+        # measured here one seed in three sat at the majority class for all 3 epochs of SST-2.
+        nn.init.normal_(self.queries, std=1.0)
         self.blocks = nn.ModuleList(
             _Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.blocks)
         )

@@ -47,9 +47,9 @@ class HeadSpec:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 3  # the best epoch is kept: more epochs cost time, never accuracy
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.01
     warmup: float = 0.06  # share of the steps spent warming up
     clip: float = 1.0
