@@ -54,7 +54,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +67,7 @@ from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, plan_shards  # 
 from ytune.extract import pipeline  # noqa: E402
 from ytune.extract.data import SplitData, TextDataset, load_glue  # noqa: E402
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate  # noqa: E402
-from ytune.extract.pipeline import ExtractConfig, batches, extract, tokenize  # noqa: E402
+from ytune.extract.pipeline import ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
 
 GLUE_DIR = "/work/shared/data/glue"
 MAX_LENGTH = 128  # ExtractConfig's default, and the naive contender's padding length
@@ -164,22 +163,6 @@ def run_ytune(dataset: TextDataset, encoder: Encoder, layers: tuple[int, ...], a
     return {"tokens": result.tokens, "rows": result.rows, "seconds": result.seconds, "path": result.path}
 
 
-def _pad(tok, rows: np.ndarray, pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    longest = int(tok.lengths[rows].max())
-    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), longest), dtype=np.int64)
-    types = np.zeros_like(ids) if tok.type_ids is not None else None
-    for i, r in enumerate(rows):
-        n = tok.lengths[r]
-        ids[i, :n], mask[i, :n] = tok.ids[r], 1
-        if types is not None:
-            types[i, :n] = tok.type_ids[r]
-    inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    if types is not None:
-        inputs["token_type_ids"] = torch.from_numpy(types)
-    return inputs, inputs["attention_mask"]
-
-
 def run_bare(split: SplitData, encoder: Encoder, layers: tuple[int, ...], batch_tokens: int) -> dict:
     """The same padded batches as ytune's, through the same truncated model; nothing kept."""
     start = time.perf_counter()
@@ -192,7 +175,7 @@ def run_bare(split: SplitData, encoder: Encoder, layers: tuple[int, ...], batch_
     with torch.inference_mode():
         for shard in plan:
             for rows in batches(shard, batch_tokens):
-                inputs, mask = _pad(tok, rows, pad_id)
+                inputs, mask = pad(tok, rows, pad_id, torch.device("cpu"))
                 hidden = forward_layers(encoder.model, inputs, layers)
                 tokens += int(mask.sum())
                 nbatches += 1

@@ -252,12 +252,13 @@ def run_encoder(
     mask [B, T] of real tokens. Extraction keeps hidden[mask]; prediction feeds both to heads."""
     device = encoder.device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast) if device.type == "cuda" else None
-    inputs, mask = _pad(tok, rows, encoder.tokenizer.pad_token_id or 0, device)
+    inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, device)
     with torch.inference_mode(), torch.autocast(device.type, amp) if amp else nullcontext():
         return forward_layers(encoder.model, inputs, layers), mask
 
 
-def _pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+def pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+    """The encoder's inputs for `rows`, padded to the longest, on `device`; and the bool mask."""
     longest = int(tok.lengths[rows].max())
     ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), longest), dtype=np.int64)
