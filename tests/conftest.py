@@ -1,6 +1,7 @@
 """Shared fixtures: the real GLUE data beside the repository, the real MiniLM, a small real cache."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,3 +45,11 @@ def sst2(tmp_path_factory, encoder, glue):
     return extract(
         data, ExtractConfig(layers=(-2, -1), cache_dir=tmp_path_factory.mktemp("sst2")), encoder=encoder
     ).path
+
+
+@pytest.fixture
+def sst2_copy(sst2, tmp_path) -> Path:
+    """A private copy of the sst2 cache, for tests that add label columns to it."""
+    copy = tmp_path / "copy" / sst2.name
+    shutil.copytree(sst2, copy)
+    return copy

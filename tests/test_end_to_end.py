@@ -24,6 +24,9 @@ CLI = [sys.executable, "-m", "ytune.cli"]
 @pytest.fixture(scope="module")
 def two_tasks(sst2, tmp_path_factory):
     """Heads of two tasks over the same cached texts: sentiment, and a second label set (length)."""
+    sst2 = shutil.copytree(
+        sst2, tmp_path_factory.mktemp("copy") / sst2.name
+    )  # the shared cache stays as it is
     cache = open_cache(sst2)
     lengths = {s: np.array([int(cache.split(s)[r].features.shape[0] > 20) for r in range(len(cache.split(s)))])
                for s in ("train", "validation")}  # fmt: skip

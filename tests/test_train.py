@@ -175,7 +175,8 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_second_label_set_trains_without_extracting_again(sst2, tmp_path, glue):
+def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path, glue):
+    sst2 = sst2_copy
     import csv
 
     shards_before = sorted(p.name for p in (sst2 / "train").glob("shard-*"))
