@@ -192,7 +192,7 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
         assert out.returncode == 0, out.stderr
     column = open_cache(sst2).labels("train", "size")
     assert column.names == ["long", "short"] and column.kind == "classification"
-    results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2})], quick(epochs=3),
+    results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})], quick(epochs=8),
                     tmp_path / "r", log=lambda m: None)  # fmt: skip
     assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
     assert sorted(p.name for p in (sst2 / "train").glob("shard-*")) == shards_before
