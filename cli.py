@@ -17,6 +17,9 @@ from ytune.cache import store
 from ytune.cache.format import default_root
 from ytune.errors import UserError
 
+CACHE_DIR_HELP = "root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)"
+
 
 def cmd_cache(args: argparse.Namespace) -> None:
     if args.verb == "ls":
@@ -293,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--dtype", choices=["float16", "bfloat16"], default="float16", help="storage dtype (default: float16)"
     )
-    enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    enc.add_argument("--device", help=DEVICE_HELP)
     enc.add_argument(
         "--autocast", choices=["bf16", "fp16", "none"], default="bf16", help="on CUDA (default: bf16)"
     )
@@ -301,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-tokens", type=int, help="padded tokens per encoder call (default: 4096 on CPU, 32768 on GPU)"
     )
     out = ex.add_argument_group("cache")
-    out.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    out.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     out.add_argument(
         "--backend", choices=["zarr", "hdf5"], default="zarr", help="shard format (default: zarr)"
     )
@@ -318,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.set_defaults(run=cmd_train)
     tr.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
-    tr.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    tr.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     tr.add_argument("--label", help="label column to learn (default: the cache's only one)")
     tr.add_argument("--out", help="folder for checkpoints and logs (default: runs/<label>)")
     head = tr.add_argument_group("head")
@@ -359,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="(default: 0)")
     opt.add_argument("--train-split", default="train", help="(default: train)")
     opt.add_argument("--eval-split", default="validation", help="(default: validation)")
-    opt.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    opt.add_argument("--device", help=DEVICE_HELP)
     opt.add_argument(
         "--workers", type=int, default=0, help="DataLoader processes reading the cache (default: 0)"
     )
@@ -373,9 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=cmd_eval)
     ev.add_argument("--head", action="append", required=True, help="a trained head's folder (repeatable)")
     ev.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
-    ev.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    ev.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     ev.add_argument("--split", default="validation", help="(default: validation)")
-    ev.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
 
     pr = sub.add_parser(
@@ -393,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--model", help="the encoder's folder or hub id, if not where the heads' training cache found it"
     )
-    pr.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    pr.add_argument("--device", help=DEVICE_HELP)
 
     de = sub.add_parser(
         "demo",
@@ -405,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--data-dir", help="local GLUE folder (default: $YTUNE_GLUE_DIR, else the Hugging Face hub)"
     )
-    de.add_argument("--cache-dir", help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)")
+    de.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     de.add_argument("--out", default="runs/demo", help="folder for the heads (default: runs/demo)")
     de.add_argument(
         "--train-rows", type=int, default=20000, help="training rows to use, 0 for all (default: 20000)"
@@ -443,9 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="take damaged shards out of the manifest, so extract rebuilds them",
     )
     for p in [cache, *verbs.choices.values()]:
-        p.add_argument(
-            "--cache-dir", default=None, help="root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
-        )
+        p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     return parser
 
 

@@ -23,7 +23,7 @@ from ytune.errors import UserError
 from ytune.extract.data import SplitData
 from ytune.extract.encoder import load_encoder, truncate
 from ytune.extract.pipeline import batches, run_encoder, tokenize
-from ytune.train.checkpoint import load_head
+from ytune.train.checkpoint import feature_differences, load_head
 from ytune.train.model import HeadBank
 
 
@@ -44,11 +44,7 @@ class Predictor:
         first = Identity.from_dict(loaded[0][1].identity)
         for _, info in loaded[1:]:
             other = Identity.from_dict(info.identity)
-            differs = [
-                f
-                for f in ("encoder", "tokenizer", "max_length", "truncation")
-                if getattr(first, f) != getattr(other, f)
-            ]
+            differs = feature_differences(first, other)
             if differs:
                 raise UserError(
                     f"heads {info.name!r} and {loaded[0][1].name!r} need different encoders (differ in: {', '.join(differs)})."
@@ -58,16 +54,12 @@ class Predictor:
             raise UserError(
                 f"encoder {self.encoder.name!r} is not the one the heads were trained on (its weights or tokenizer differ)."
             )
-        self.layers = sorted({i for _, info in loaded for i in info.layers})
+        device_ = self.encoder.device
+        self.bank, self.layers = HeadBank.reading(
+            {n: (h.to(device_), info.layers) for n, (h, info) in zip(names, loaded, strict=True)}
+        )
         truncate(self.encoder.model, max(self.layers))
         self.max_length, self.dtype = first.max_length, getattr(torch, first.dtype)
-        device_ = self.encoder.device
-        self.bank = HeadBank(
-            {
-                n: (h.to(device_), [self.layers.index(i) for i in info.layers])
-                for n, (h, info) in zip(names, loaded, strict=True)
-            }
-        )
         self.infos = {n: info for n, (_, info) in zip(names, loaded, strict=True)}
         self.batch_tokens = batch_tokens or (32768 if device_.type == "cuda" else 4096)
         self.encoder_calls = 0  # one per batch, whatever the number of heads

@@ -125,6 +125,12 @@ def size_on_disk(path: Path) -> int:
     return sum(f.stat().st_size for f in _files(path))
 
 
+def is_whole(path: Path, size: int) -> bool:
+    """The cheap check on every read and resume: the shard is there with the size the manifest
+    recorded (truncation, deletion). Same-size damage needs the checksum: ytune cache verify."""
+    return path.exists() and size_on_disk(path) == size
+
+
 def _fsync_tree(path: Path) -> None:
     for file in _files(path):
         fd = os.open(file, os.O_RDONLY)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ytune.cache.backends import ShardArrays, get_backend, size_on_disk
+from ytune.cache.backends import ShardArrays, get_backend, is_whole
 from ytune.cache.format import decode
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
@@ -163,8 +163,7 @@ class SplitReader:
     def _arrays(self, name: str) -> ShardArrays:
         if name not in self._open:
             path = self.shard_path(name)
-            expected = self.record.shards[name].bytes
-            if not path.exists() or size_on_disk(path) != expected:
+            if not is_whole(path, self.record.shards[name].bytes):
                 raise UserError(
                     f"shard {self.name}/{path.name} of cache {self.cache.path} is missing or damaged; "
                     "run ytune cache verify, then ytune extract again to rebuild it."

@@ -8,7 +8,7 @@ from pathlib import Path
 from ytune.cache.backends import checksum, get_backend, size_on_disk
 from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
 from ytune.cache.manifest import read_manifest
-from ytune.cache.writer import _take_lock, drop_shards
+from ytune.cache.writer import drop_shards, take_lock
 from ytune.errors import UserError
 
 
@@ -106,7 +106,7 @@ def verify(path: Path, drop: bool = False) -> list[str]:
             elif checksum(file) != label.checksum:
                 problems.append(f"{split}/labels/{file.name}: checksum mismatch")
         if drop and damaged:
-            with _take_lock(path):
+            with take_lock(path):
                 drop_shards(path, split, damaged)
     return problems
 
@@ -141,5 +141,5 @@ def publish(path: Path, url: str) -> str:
 def remove(path: Path) -> None:
     """Delete a cache; refused while a writer holds it."""
     read_manifest(path)  # only ever delete what is a cache
-    _take_lock(path).close()
+    take_lock(path).close()
     shutil.rmtree(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ytune.cache.backends import checksum, get_backend, size_on_disk
+from ytune.cache.backends import checksum, get_backend, is_whole, size_on_disk
 from ytune.cache.format import LOCK, MANIFEST, TMP_PREFIX, numpy_dtype, shard_name
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
@@ -117,7 +117,7 @@ class CacheWriter:
         except OSError as e:
             raise UserError(f"cannot create the cache directory {self.path}: {e.strerror}.") from None
         if exclusive:
-            self._lock = _take_lock(self.path)
+            self._lock = take_lock(self.path)
         try:
             self._open(info)
         except BaseException:
@@ -195,7 +195,9 @@ class CacheWriter:
         if record is None:
             return set()
         damaged = [
-            name for name, shard in record.shards.items() if not _whole(self._shard_path(split, name), shard)
+            name
+            for name, shard in record.shards.items()
+            if not is_whole(self._shard_path(split, name), shard.bytes)
         ]
         if damaged and self.exclusive:
             drop_shards(self.path, split, damaged)
@@ -297,16 +299,12 @@ class CacheWriter:
         self.close()
 
 
-def _whole(path: Path, shard: ShardRecord) -> bool:
-    return path.exists() and size_on_disk(path) == shard.bytes
-
-
 def drop_shards(path: Path, split: str, names: Sequence[str]) -> None:
     """Forget damaged shards: the next extraction with the same arguments encodes them again."""
     update_manifest(path, lambda m: [m.splits[split].shards.pop(n, None) for n in names])
 
 
-def _take_lock(path: Path):
+def take_lock(path: Path):
     f = open(path / LOCK, "a+")  # noqa: SIM115 (held open for the writer's lifetime: the open file is the lock)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -182,7 +182,9 @@ def _plan(
     task, plans = dataset.task, {}
     vectors = (
         label_vectors(encoder, task.label_names, writer.identity)
-        if task.label_names and writer.exclusive
+        if task.label_names
+        and writer.exclusive
+        and any(s.labels is not None for s in dataset.splits.values())
         else None
     )
     for name, split in dataset.splits.items():

@@ -21,6 +21,11 @@ from ytune.train.model import HeadConfig, build_head
 FEATURE_FIELDS = ("encoder", "tokenizer", "max_length", "truncation")
 
 
+def feature_differences(a: Identity, b: Identity) -> list[str]:
+    """What makes features of `a` and `b` incomparable for a head (the dataset and layers may differ)."""
+    return [f for f in FEATURE_FIELDS if getattr(a, f) != getattr(b, f)]
+
+
 @dataclass
 class HeadInfo:
     name: str
@@ -53,7 +58,7 @@ class HeadInfo:
         """Where this head's layers sit among `identity`'s cached layers; a clear error if the
         features are not the ones the head was trained on."""
         mine = Identity.from_dict(self.identity)
-        differs = [f for f in FEATURE_FIELDS if getattr(mine, f) != getattr(identity, f)]
+        differs = feature_differences(mine, identity)
         if differs:
             raise UserError(f"head {self.name!r} was trained on other features than {where} "
                             f"(differs in: {', '.join(differs)}).")  # fmt: skip

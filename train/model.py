@@ -413,6 +413,13 @@ class HeadBank(nn.Module):
         self.heads[name] = head
         self.layers[name] = layers
 
+    @classmethod
+    def reading(cls, heads: Mapping[str, tuple[nn.Module, Sequence[int]]]) -> tuple[HeadBank, list[int]]:
+        """A bank of heads that each name the hidden states they read, and the sorted union of
+        those layers: the features to feed it ([B, T, len(union), H]), read once for all heads."""
+        union = sorted({i for _, layers in heads.values() for i in layers})
+        return cls({n: (h, [union.index(i) for i in layers]) for n, (h, layers) in heads.items()}), union
+
     def forward(
         self, features: torch.Tensor, mask: torch.Tensor, names: Sequence[str] | None = None
     ) -> dict[str, torch.Tensor]:

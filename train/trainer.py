@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cache
 from ytune.errors import UserError
-from ytune.train.checkpoint import HeadInfo, save_head
+from ytune.train.checkpoint import HeadInfo, load_head, save_head
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import HeadBank, HeadConfig, build_head, count_parameters
 
@@ -215,10 +215,8 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
     device = _device(cfg)
     steps = cfg.epochs * math.ceil(len(reader) / cfg.batch_size)
     runs = {s.name: _build(cache, s, cfg, steps, device) for s in specs}
-    union = sorted({i for r in runs.values() for i in r.info.layers})
-    positions = {i: union.index(i) for i in union}
+    bank, union = HeadBank.reading({n: (r.head, r.info.layers) for n, r in runs.items()})
     cached = list(cache.identity.layers)
-    bank = HeadBank({n: (r.head, [positions[i] for i in r.info.layers]) for n, r in runs.items()})
     eval_labels = {n: cache.labels(cfg.eval_split, r.info.label).values for n, r in runs.items()}
     encoder_params = int(cache.manifest.info.get("encoder_parameters", 0))
     for name, r in runs.items():
@@ -360,8 +358,6 @@ def evaluate(
     head_dirs: Sequence[str | Path], cache_path: str | Path, split: str, cfg: TrainConfig | None = None
 ) -> dict[str, dict]:
     """Metrics of trained heads on any labelled split of a cache in their feature space."""
-    from ytune.train.checkpoint import load_head
-
     cfg = cfg or TrainConfig()
     cache = open_cache(cache_path)
     reader = cache.split(split)
@@ -370,8 +366,7 @@ def evaluate(
     for d in head_dirs:
         head, info = load_head(d)
         loaded[info.name] = (head.to(device), info, info.positions(cache.identity, f"cache {cache.path}"))
-    union = sorted({p for _, _, ps in loaded.values() for p in ps})
-    bank = HeadBank({n: (h, [union.index(p) for p in ps]) for n, (h, _, ps) in loaded.items()})
+    bank, union = HeadBank.reading({n: (h, ps) for n, (h, _, ps) in loaded.items()})
     kinds = {n: info.config.kind for n, (_, info, _) in loaded.items()}
     preds, rows = evaluate_bank(bank, kinds, reader, cfg, union, device)
     results = {}
