@@ -26,8 +26,8 @@ Overhead breakdown: during A's runs, ytune's extraction functions are wrapped (i
 by monkeypatching; no source file changes) with timers: tokenize, opening the cache, planning and
 labels (which include one encoder pass over the label names), the encode loop (run_encoder =
 padding + forward; to_storage = float16 conversion and the finite check), the final wait for the
-writer thread, and inside the writer thread write_shard (backend write, fsync, checksum, rename,
-manifest update). Nested timings are named parent/child.
+writer thread, and inside the writer thread open shard, append (each batch into the open shard)
+and commit (fsync, checksum, rename, manifest update). Nested timings are named parent/child.
 
 usage: python benchmarks/bench_extract.py [--quick] [--rows N] [--layers=-4,-3,-2,-1] [--repeats N]
                                           [--batch-tokens N] [--backend zarr|hdf5] [--dir DIR]
@@ -59,7 +59,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, write_json  # noqa: E402
 
-from ytune.cache import backends as backends_mod  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
 from ytune.cache.format import numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
@@ -123,11 +122,11 @@ class Probe:
             (pipeline, "run_encoder", "run_encoder"),
             (pipeline, "to_storage", "to_storage"),
             (pipeline._WriterThread, "close", "wait for writer"),
-            (CacheWriter, "write_shard", "write_shard"),
+            (CacheWriter, "open_shard", "open shard"),
+            (writer_mod.ShardWriting, "append", "append"),
+            (writer_mod.ShardWriting, "commit", "commit"),
             (CacheWriter, "close", "close cache"),
-            (backends_mod.ZarrBackend, "write", "backend.write"),
-            (backends_mod.HDF5Backend, "write", "backend.write"),
-            (backends_mod, "_fsync_tree", "fsync files"),
+            (writer_mod, "fsync_tree", "fsync files"),
             (writer_mod, "checksum", "checksum"),
             (writer_mod, "size_on_disk", "size_on_disk"),
             (writer_mod, "fsync_dir", "fsync_dir"),
@@ -313,7 +312,8 @@ def measure(args) -> dict:
     }
 
 
-STEPS = ("tokenize", "open cache", "plan + labels", "encode_shards", "close cache", "write_shard")
+WRITER_STEPS = ("open shard", "append", "commit")  # in the writer thread, overlapping encode_shards
+STEPS = ("tokenize", "open cache", "plan + labels", "encode_shards", "close cache", *WRITER_STEPS)
 
 
 def _step_order(key: str) -> tuple:
@@ -410,11 +410,11 @@ def report(m: dict, s: dict) -> str:
             f"{name[0]} " + ", ".join(f"{r['wall_s']:.2f}" for r in rs) for name, rs in m["runs"].items()
         ),
         "",
-        "### Where A's time goes (median seconds over A's runs; writer-thread work in write_shard/*)",
+        "### Where A's time goes (median seconds over A's runs; writer-thread work: open shard, append, commit)",
         "",
     ]
     bd, calls = s["breakdown_a"], s["breakdown_calls"]
-    top = sum(v for k, v in bd.items() if "/" not in k and k != "write_shard")
+    top = sum(v for k, v in bd.items() if "/" not in k and k not in WRITER_STEPS)
     lines = [[k, f"{v:.3f}", calls[k], f"{100 * v / med[A]:.1f}%"] for k, v in bd.items()]
     lines.append(["(rest of extract(): identity, loop set-up, ...)", f"{med[A] - top:.3f}", "", ""])
     out.append(markdown_table(["step", "seconds", "calls", "share of A"], lines))

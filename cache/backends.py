@@ -35,14 +35,65 @@ class ShardArrays:
     handle: Any = None  # the open h5py.File, kept alive while the arrays are used
 
 
+class ShardSink:
+    """A shard being written: its features arrive in order, batch by batch, while the encoder runs.
+
+    Blocks are buffered to whole chunks before they reach the store, so every chunk is written
+    once (a partial chunk would be read back and rewritten) and the writes overlap the encoding:
+    when the last batch arrives, only the last chunk, the fsync and the commit remain.
+    """
+
+    def __init__(self, features: Any, tokens: int, chunk: int, close: Any = None) -> None:
+        self.features, self.tokens, self.chunk, self._close = features, tokens, chunk, close
+        self.written = 0
+        self.pending: list[np.ndarray] = []
+
+    def append(self, block: np.ndarray) -> None:
+        self.pending.append(block)
+        buffered = sum(len(b) for b in self.pending)
+        whole = buffered // self.chunk * self.chunk
+        if whole:
+            self._flush(whole)
+
+    def _flush(self, count: int) -> None:
+        data = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        if self.written + len(data) > self.tokens:
+            raise ValueError(f"{self.written + len(data)} tokens sent to a shard of {self.tokens}")
+        self.features[self.written : self.written + count] = data[:count]
+        self.written += count
+        self.pending = [data[count:]] if count < len(data) else []
+
+    def close(self) -> None:
+        """Write the rest; the shard must then be complete."""
+        try:
+            if self.pending:
+                self._flush(sum(len(b) for b in self.pending))
+            if self.written != self.tokens:
+                raise ValueError(f"shard closed after {self.written} of its {self.tokens} tokens")
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let go of open files (also when the shard is abandoned half-written)."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
 class Backend(Protocol):
     name: str
     suffix: str
 
-    def write(
-        self, path: Path, features: np.ndarray, offsets: np.ndarray, row: np.ndarray, attrs: dict
-    ) -> None:
-        """Write a complete shard at `path` and make it durable (flushed and fsynced)."""
+    def create(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        offsets: np.ndarray,
+        row: np.ndarray,
+        attrs: dict,
+    ) -> ShardSink:
+        """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink."""
 
     def open(self, path: Path) -> ShardArrays: ...
 
@@ -58,17 +109,27 @@ def chunk_tokens(features_shape: tuple[int, ...], itemsize: int) -> int:
 class ZarrBackend:
     name, suffix = "zarr", ".zarr"
 
-    def write(
-        self, path: Path, features: np.ndarray, offsets: np.ndarray, row: np.ndarray, attrs: dict
-    ) -> None:
+    def create(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        offsets: np.ndarray,
+        row: np.ndarray,
+        attrs: dict,
+    ) -> ShardSink:
         group = zarr.open_group(str(path), mode="w-", attributes=attrs)
-        for key, data in ((FEATURES, features), (OFFSETS, offsets), (ROW, row)):
-            chunk = (chunk_tokens(data.shape, data.itemsize), *data.shape[1:])
-            array = group.create_array(
-                key, shape=data.shape, dtype=data.dtype, chunks=chunk, compressors=None, fill_value=0
+
+        def array(key: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
+            chunk = (chunk_tokens(shape, np.dtype(dtype).itemsize), *shape[1:])
+            return group.create_array(
+                key, shape=shape, dtype=dtype, chunks=chunk, compressors=None, fill_value=0
             )
-            array[...] = data
-        _fsync_tree(path)
+
+        features = array(FEATURES, tuple(shape), dtype)
+        for key, data in ((OFFSETS, offsets), (ROW, row)):
+            array(key, data.shape, data.dtype)[...] = data
+        return ShardSink(features, shape[0], features.chunks[0])
 
     def open(self, path: Path) -> ShardArrays:
         group = zarr.open_group(str(path), mode="r")
@@ -78,17 +139,30 @@ class ZarrBackend:
 class HDF5Backend:
     name, suffix = "hdf5", ".h5"
 
-    def write(
-        self, path: Path, features: np.ndarray, offsets: np.ndarray, row: np.ndarray, attrs: dict
-    ) -> None:
+    def create(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        offsets: np.ndarray,
+        row: np.ndarray,
+        attrs: dict,
+    ) -> ShardSink:
         # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
         # libver="latest": compact chunk indexes, 1 KB of overhead per dataset instead of about 5.
-        with h5py.File(path, "w-", libver="latest") as f:
+        f = h5py.File(path, "w-", libver="latest")
+        try:
             f.attrs.update(attrs)
-            for key, data in ((FEATURES, features), (OFFSETS, offsets), (ROW, row)):
-                chunk = (chunk_tokens(data.shape, data.itemsize), *data.shape[1:])
-                f.create_dataset(key, data=data, chunks=chunk, track_times=False)
-        _fsync_tree(path)
+            chunk = (chunk_tokens(shape, np.dtype(dtype).itemsize), *shape[1:])
+            features = f.create_dataset(FEATURES, shape=shape, dtype=dtype, chunks=chunk, track_times=False)
+            for key, data in ((OFFSETS, offsets), (ROW, row)):
+                f.create_dataset(
+                    key, data=data, chunks=(chunk_tokens(data.shape, data.itemsize),), track_times=False
+                )
+        except BaseException:
+            f.close()
+            raise
+        return ShardSink(features, shape[0], chunk[0], close=f.close)
 
     def open(self, path: Path) -> ShardArrays:
         f = h5py.File(path, "r")
@@ -131,7 +205,7 @@ def is_whole(path: Path, size: int) -> bool:
     return path.exists() and size_on_disk(path) == size
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     for file in _files(path):
         fd = os.open(file, os.O_RDONLY)
         try:

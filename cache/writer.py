@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ytune.cache.backends import checksum, get_backend, is_whole, size_on_disk
+from ytune.cache.backends import ShardSink, checksum, fsync_tree, get_backend, is_whole, size_on_disk
 from ytune.cache.format import LOCK, MANIFEST, TMP_PREFIX, numpy_dtype, shard_name
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
@@ -207,14 +207,14 @@ class CacheWriter:
         return self.path / split / (name + self.backend.suffix)
 
     def write_shard(self, split: str, shard: ShardPlan, features: np.ndarray) -> ShardRecord:
-        """Write one planned shard (features [shard.tokens, layers, hidden] in the storage dtype) and
-        commit it: temporary name, fsync, checksum, rename, then the manifest."""
-        expected = (shard.tokens, len(self.identity.layers))
-        if features.shape[:2] != expected or features.dtype != numpy_dtype(self.identity.dtype):
-            raise ValueError(
-                f"shard {shard.name}: features {features.shape} {features.dtype}, expected "
-                f"{expected} + (hidden,) {numpy_dtype(self.identity.dtype)}"
-            )
+        """Write one planned shard whole (features [shard.tokens, layers, hidden], storage dtype) and
+        commit it. Extraction streams instead: open_shard, then append batch by batch."""
+        writing = self.open_shard(split, shard, features.shape[2])
+        writing.append(features)
+        return writing.commit()
+
+    def open_shard(self, split: str, shard: ShardPlan, hidden: int) -> ShardWriting:
+        """Start one planned shard under a temporary name; nothing is visible until `commit`."""
         final = self._shard_path(split, shard.name)
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
         attrs = {
@@ -224,19 +224,14 @@ class CacheWriter:
             "shard": shard.name,
             "cache_id": self.identity.cache_id(),
         }
+        shape = (shard.tokens, len(self.identity.layers), hidden)
+        dtype = numpy_dtype(self.identity.dtype)
         try:
-            self.backend.write(tmp, features, shard.offsets, shard.rows.astype(np.int64), attrs)
+            sink = self.backend.create(tmp, shape, dtype, shard.offsets, shard.rows.astype(np.int64), attrs)
         except OSError as e:
             _remove(tmp)
             raise disk_error(e, self.path) from None
-        record = ShardRecord(
-            rows=len(shard.rows), tokens=shard.tokens, bytes=size_on_disk(tmp), checksum=checksum(tmp)
-        )
-        _remove(final)  # an uncommitted leftover of a killed run (the manifest never listed it)
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
-        update_manifest(self.path, lambda m: m.splits[split].shards.__setitem__(shard.name, record))
-        return record
+        return ShardWriting(self, split, shard, tmp, final, sink, shape, dtype)
 
     def set_labels(
         self,
@@ -297,6 +292,58 @@ class CacheWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ShardWriting:
+    """A shard between open_shard and commit: its features arrive batch by batch, in stored order.
+
+    Committing is the protocol of the module docstring: finish and fsync the files, checksum,
+    rename to the final name, then record it in the manifest. A failed append or commit removes the
+    temporary files, so a full disk leaves nothing behind.
+    """
+
+    def __init__(self, writer: CacheWriter, split: str, shard: ShardPlan, tmp: Path, final: Path,
+                 sink: ShardSink, shape: tuple[int, ...], dtype: np.dtype) -> None:  # fmt: skip
+        self.writer, self.split, self.shard, self.tmp, self.final = writer, split, shard, tmp, final
+        self.sink, self.shape, self.dtype = sink, shape, dtype
+
+    def append(self, features: np.ndarray) -> None:
+        """The next tokens of the shard: [n, layers, hidden] in the storage dtype."""
+        if features.shape[1:] != self.shape[1:] or features.dtype != self.dtype:
+            self.abort()
+            raise ValueError(
+                f"shard {self.shard.name}: features {features.shape} {features.dtype}, expected "
+                f"(n,) + {self.shape[1:]} {self.dtype}"
+            )
+        self._guard(self.sink.append, features)
+
+    def commit(self) -> ShardRecord:
+        self._guard(self.sink.close)
+        self._guard(fsync_tree, self.tmp)
+        record = ShardRecord(
+            rows=len(self.shard.rows), tokens=self.shard.tokens, bytes=size_on_disk(self.tmp),
+            checksum=checksum(self.tmp),
+        )  # fmt: skip
+        _remove(self.final)  # an uncommitted leftover of a killed run (the manifest never listed it)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        name, split = self.shard.name, self.split
+        update_manifest(self.writer.path, lambda m: m.splits[split].shards.__setitem__(name, record))
+        return record
+
+    def abort(self) -> None:
+        self.sink.release()
+        _remove(self.tmp)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except OSError as e:
+            self.abort()
+            raise disk_error(e, self.writer.path) from None
+        except BaseException:
+            self.abort()
+            raise
 
 
 def drop_shards(path: Path, split: str, names: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +32,10 @@ from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
 TRUNCATION = "longest_first"
+# A CPU batch under this many padded tokens runs on one thread: the label names' two-row pass took
+# 0.49 s with 2 threads on a 2-core machine another job kept busy (each op waits for the busy core)
+# and 0.01 s with one; small batches gain nothing from a second thread when the cores are free.
+SMALL_BATCH_TOKENS = 256
 
 
 @dataclass
@@ -229,20 +233,20 @@ def _encode_shards(
         disable=not cfg.progress if cfg.progress is not None else None,
         file=sys.stderr,
     )
-    with _WriterThread(writer) as out:
+    with _WriterThread(writer, encoder.hidden_size) as out:
         for split, shard in todo:
             tok = tokenized[split]
-            pieces = []
+            out.start(split, shard)
             for rows in batches(shard, batch_tokens):
                 hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
-                pieces.append(to_storage(hidden[mask], cfg.dtype, layers).cpu())
+                out.put(to_storage(hidden[mask], cfg.dtype, layers).cpu())
                 bar.update(int(mask.sum()))
                 bar.set_postfix(
                     rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}"
                 )
                 result.rows += len(rows)
             result.tokens += shard.tokens
-            out.put(split, shard, pieces)
+            out.commit()
         result.bytes += out.close()
     bar.close()
 
@@ -255,8 +259,23 @@ def run_encoder(
     device = encoder.device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast) if device.type == "cuda" else None
     inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, device)
-    with torch.inference_mode(), torch.autocast(device.type, amp) if amp else nullcontext():
+    small = device.type == "cpu" and mask.numel() < SMALL_BATCH_TOKENS
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, amp) if amp else nullcontext(),
+        _one_thread() if small else nullcontext(),
+    ):
         return forward_layers(encoder.model, inputs, layers), mask
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[dict, torch.Tensor]:
@@ -283,27 +302,48 @@ def pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> 
 
 
 class _WriterThread:
-    """Writes finished shards in the background; a bounded queue keeps memory at a few shards.
-    An error in the thread (a full disk, say) is raised in the encoding loop at its next put."""
+    """Writes each batch's features into its open shard in the background, so the encoder never
+    waits for the disk, and after a shard's last batch only its commit remains. A bounded queue of
+    batches keeps memory small; an error in the thread (a full disk, say) is raised in the encoding
+    loop at its next call."""
 
-    def __init__(self, writer: CacheWriter, depth: int = 2) -> None:
-        self.writer, self.queue, self.error, self.bytes = writer, queue.Queue(maxsize=depth), None, 0
+    def __init__(self, writer: CacheWriter, hidden: int, depth: int = 4) -> None:
+        self.writer, self.hidden = writer, hidden
+        self.queue, self.error, self.bytes = queue.Queue(maxsize=depth), None, 0
         self.thread = threading.Thread(target=self._run, daemon=True, name="ytune-writer")
         self.thread.start()
 
     def _run(self) -> None:
+        shard = None
         while (item := self.queue.get()) is not None:
-            if self.error is None:
-                split, shard, pieces = item
-                try:
-                    features = torch.cat(pieces).numpy()
-                    self.bytes += self.writer.write_shard(split, shard, features).bytes
-                except BaseException as e:  # raised again in the main thread
-                    self.error = e
+            if self.error is not None:
+                continue
+            try:
+                kind, value = item
+                if kind == "start":
+                    shard = self.writer.open_shard(*value, self.hidden)
+                elif kind == "batch":
+                    shard.append(value.numpy())
+                else:
+                    self.bytes += shard.commit().bytes
+                    shard = None
+            except BaseException as e:  # raised again in the main thread
+                self.error = e
+        if shard is not None:  # stopped mid-shard: nothing half-written stays behind
+            shard.abort()
 
-    def put(self, split: str, shard: ShardPlan, pieces: list[torch.Tensor]) -> None:
+    def _put(self, item: tuple) -> None:
         self._raise()
-        self.queue.put((split, shard, pieces))
+        self.queue.put(item)
+
+    def start(self, split: str, shard: ShardPlan) -> None:
+        self._put(("start", (split, shard)))
+
+    def put(self, features: torch.Tensor) -> None:
+        self._put(("batch", features))
+
+    def commit(self) -> None:
+        self._put(("commit", None))
 
     def close(self) -> int:
         self.queue.put(None)

@@ -385,16 +385,23 @@ class _FullFile:
 
 def fill_the_disk(mp: pytest.MonkeyPatch, where: str, backend: str) -> None:
     """Make the next extraction run out of space at `where`, having written part of its file."""
-    if where == "shard":  # the third shard's files are written, then the disk is full
+    if where == "shard":  # the third shard's first batch is written, then the disk is full
         cls = type(get_backend(backend))
-        real = cls.write
+        real = cls.create
 
-        def write(self, path, features, offsets, row, attrs):
-            real(self, path, features, offsets, row, attrs)
+        def create(self, path, shape, dtype, offsets, row, attrs):
+            sink = real(self, path, shape, dtype, offsets, row, attrs)
             if attrs["shard"] == "shard-00002":
-                raise no_space()
+                real_append = sink.append
 
-        mp.setattr(cls, "write", write)
+                def append(block):
+                    real_append(block)
+                    raise no_space()
+
+                sink.append = append
+            return sink
+
+        mp.setattr(cls, "create", create)
     elif where in ("manifest", "labels"):  # the file's first bytes are written, then the disk is full
         # manifest: the update that commits the third shard; labels: the first label file.
         module = manifest_module  # both are written through manifest.write_durably
@@ -587,15 +594,15 @@ def test_a_second_extract_on_the_same_cache_is_refused_and_the_first_ends_correc
     root = tmp_path / "c"
     path = root / reference.name
     reached, go, first = threading.Event(), threading.Event(), {}
-    real_write = CacheWriter.write_shard
+    real_open = CacheWriter.open_shard
 
-    def held(self, split, shard, features):
+    def held(self, split, shard, hidden):
         if shard.index == 1:
             reached.set()
             go.wait(180)
-        return real_write(self, split, shard, features)
+        return real_open(self, split, shard, hidden)
 
-    fast.setattr(CacheWriter, "write_shard", held)
+    fast.setattr(CacheWriter, "open_shard", held)
     thread = threading.Thread(target=lambda: first.update(run=ytune(*extract_args(root))))
     thread.start()
     try:

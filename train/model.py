@@ -175,20 +175,25 @@ class _Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(width, 2 * width)
+        # Separate key and value maps: the factored form uses their weights apart, and slicing one
+        # fused [2d, d] weight costs a zero-filled full-size gradient per slice in the backward.
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        b, k, d = x.shape
-        t = memory.shape[1]
-        h = self.heads
-        q = self.q(x).view(b, k, h, d // h).transpose(1, 2)
-        kv = self.kv(memory).view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        b, n, d = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:  # [b, len, d] -> [b, heads, len, d // heads]
+            return y.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+
         attn_mask = None if mask is None else mask[:, None, None, :]
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
-        return self.out(o.transpose(1, 2).reshape(b, k, d))
+        o = F.scaled_dot_product_attention(
+            split(self.q(x)), split(self.k(memory)), split(self.v(memory)), attn_mask=attn_mask
+        )
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
 
     def forward_factored(
         self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, norm: nn.LayerNorm, proj: nn.Module
@@ -200,13 +205,13 @@ class _Attention(nn.Module):
         b, k, d = x.shape
         hid = memory.shape[2]
         h, dh = self.heads, d // self.heads
-        w_k, w_v = self.kv.weight[:d], self.kv.weight[d:]  # [d, d] each (out, in)
+        w_k, w_v = self.k.weight, self.v.weight  # [d, d] each (out, in)
         if isinstance(proj, nn.Linear):  # proj(norm(m)) = a @ n + c
             a = proj.weight * norm.weight  # [d, H]
-            b_v = w_v @ (proj.weight @ norm.bias + proj.bias) + self.kv.bias[d:]
+            b_v = w_v @ (proj.weight @ norm.bias + proj.bias) + self.v.bias
             w_k, w_v = w_k @ a, w_v @ a  # [d, H]
         else:  # proj is the identity
-            b_v = w_v @ norm.bias + self.kv.bias[d:]
+            b_v = w_v @ norm.bias + self.v.bias
             w_k, w_v = w_k * norm.weight, w_v * norm.weight
         # Attention weights sum to 1, so the value bias b_v passes through; the key bias adds the same
         # score to every token of a query row, and softmax ignores it.
@@ -249,8 +254,10 @@ class _Block(nn.Module):
     ) -> torch.Tensor:
         """``factored`` = (norm, proj): ``memory`` is [B, T, H], normalised without the norm's affine part,
         and the text tokens are ``proj(norm(.))`` of it; otherwise ``memory`` is the tokens, [B, T, d]."""
+        # The first block gets the label queries as [1, K, d]: their self-attention is the same for
+        # every example, so it is computed once and broadcast (dropout still draws per example).
         y = self.norm_self(q)
-        q = q + self.drop(self.self_attn(y, y))
+        q = q + self.drop(self.self_attn(y, y).expand(len(memory), -1, -1))
         y = self.norm_cross(q)
         if factored is None:
             q = q + self.drop(self.cross_attn(y, memory, mask))
@@ -330,7 +337,7 @@ class YTuningHead(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = _check_inputs(features, mask, self.cfg.num_layers_in)
         factored = self._use_factored(features.shape[0] * features.shape[1])
-        q = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        q = self.queries.unsqueeze(0)  # [1, K, d]: the first block broadcasts it over the batch
         memories: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             j = 0 if self.block_layers is None else self.block_layers[i]
