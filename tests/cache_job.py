@@ -46,11 +46,12 @@ def run(
             if shard.index == die_at and die_when == "before":
                 die()
             if shard.index == die_at and die_when == "mid":
-                calls = iter(range(2))  # features written, offsets not yet
-                real = backends.chunk_tokens
-                backends.chunk_tokens = lambda *a, real=real, calls=calls: (
-                    real(*a) if next(calls, None) is not None else die()
-                )
+
+                def half_then_die(sink: backends.ShardSink, block: np.ndarray) -> None:
+                    sink.features[: len(block) // 2] = block[: len(block) // 2]  # half of its features
+                    die()
+
+                backends.ShardSink.append = half_then_die
             if shard.index == die_at and die_when == "after-rename":
                 writer.update_manifest = lambda *a: die()
             block = torch.cat(

@@ -13,7 +13,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from ytune.cache import store
+from ytune.cache import backends, store
 from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX, encode
 from ytune.cache.identity import Identity
 from ytune.cache.reader import open_cache
@@ -243,3 +243,39 @@ def test_cache_verbs_on_the_command_line(tmp_path):
     assert rm.returncode == 0 and not path.exists()
     gone = subprocess.run([*cli, "info", str(path)], capture_output=True, text=True)
     assert gone.returncode == 2 and "no ytune cache" in gone.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monkeypatch, backend):
+    """Extraction appends each batch to the open shard (buffered to whole chunks); the files must be
+    the very bytes of the same shard written at once, and a wrong token count is refused."""
+    monkeypatch.setattr(backends, "CHUNK_BYTES", 20_000)  # about 140 tokens: batches straddle chunks
+    lengths = cache_job.lengths()
+    paths = {}
+    for how in ("whole", "streamed"):
+        w = CacheWriter(
+            tmp_path / how, cache_job.identity("float16"), backend, info={"hidden_size": cache_job.HIDDEN}
+        )
+        shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30)[0]
+        block = encode(
+            torch.cat(
+                [cache_job.features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]
+            ),
+            "float16",
+            cache_job.LAYERS,
+        )
+        if how == "whole":
+            w.write_shard("train", shard, block)
+        else:
+            writing = w.open_shard("train", shard, cache_job.HIDDEN)
+            for a, b in zip(shard.offsets[:-1:7], [*shard.offsets[7:-1:7], shard.offsets[-1]], strict=True):
+                writing.append(block[a:b])  # 7 rows at a time: batches that straddle chunk bounds
+            writing.commit()
+            short = w.open_shard("train", shard, cache_job.HIDDEN)
+            short.append(block[:-1])
+            with pytest.raises(ValueError, match="closed after"):
+                short.commit()
+            assert not list((w.path / "train").glob(f"{TMP_PREFIX}*"))  # the refused shard left nothing
+        w.close()
+        paths[how] = w.path
+    assert cache_files(paths["whole"]) == cache_files(paths["streamed"])
