@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,12 +40,13 @@ class ShardSink:
     """A shard being written: its features arrive in order, batch by batch, while the encoder runs.
 
     Blocks are buffered to whole chunks before they reach the store, so every chunk is written
-    once (a partial chunk would be read back and rewritten) and the writes overlap the encoding:
-    when the last batch arrives, only the last chunk, the fsync and the commit remain.
+    once (a partial chunk would be read back and rewritten), and `sync` makes what is written
+    durable as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
     """
 
-    def __init__(self, features: Any, tokens: int, chunk: int, close: Any = None) -> None:
-        self.features, self.tokens, self.chunk, self._close = features, tokens, chunk, close
+    def __init__(self, features: Any, tokens: int, chunk: int, sync: Callable[[], None],
+                 close: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.features, self.tokens, self.chunk, self.sync, self._close = features, tokens, chunk, sync, close
         self.written = 0
         self.pending: list[np.ndarray] = []
 
@@ -54,6 +56,7 @@ class ShardSink:
         whole = buffered // self.chunk * self.chunk
         if whole:
             self._flush(whole)
+            self.sync()
 
     def _flush(self, count: int) -> None:
         data = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
@@ -129,7 +132,7 @@ class ZarrBackend:
         features = array(FEATURES, tuple(shape), dtype)
         for key, data in ((OFFSETS, offsets), (ROW, row)):
             array(key, data.shape, data.dtype)[...] = data
-        return ShardSink(features, shape[0], features.chunks[0])
+        return ShardSink(features, shape[0], features.chunks[0], sync=lambda: fsync_tree(path))
 
     def open(self, path: Path) -> ShardArrays:
         group = zarr.open_group(str(path), mode="r")
@@ -162,7 +165,9 @@ class HDF5Backend:
         except BaseException:
             f.close()
             raise
-        return ShardSink(features, shape[0], chunk[0], close=f.close)
+        return ShardSink(
+            features, shape[0], chunk[0], sync=lambda: (f.flush(), fsync_tree(path)), close=f.close
+        )
 
     def open(self, path: Path) -> ShardArrays:
         f = h5py.File(path, "r")
