@@ -170,7 +170,9 @@ def head_specs(args: argparse.Namespace) -> list:
             layers = fields["layers"]
             layers = [int(x) for x in layers.split(":")] if isinstance(layers, str) else layers
             config = {k: fields[k] for k in ("head_type", "layer_mix", "pool", "label_init")}
-            config.update({k: int(fields[k]) for k in ("width", "blocks", "heads", "ffn_mult")})
+            config.update(
+                {k: int(fields[k]) for k in ("width", "blocks", "heads", "ffn_mult") if fields[k] is not None}
+            )
             config["dropout"] = float(fields["dropout"])
             lr = float(fields["lr"]) if fields["lr"] is not None else None
             wd = float(fields["weight_decay"]) if fields["weight_decay"] is not None else None
@@ -334,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument(
         "--layers", type=int_list, nargs="+", help="hidden states to read: -1, or -2 -1 (default: all cached)"
     )
-    head.add_argument("--width", type=int, default=384, help="head width (default: 384)")
-    head.add_argument("--blocks", type=int, default=2, help="label-attention blocks (default: 2)")
-    head.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
+    head.add_argument("--width", type=int, help="head width (default: 384; regression 256)")
+    head.add_argument("--blocks", type=int, help="label-attention blocks (default: 2; regression 1)")
+    head.add_argument("--heads", type=int, help="attention heads (default: 6; regression 4)")
     head.add_argument("--dropout", type=float, default=0.1, help="(default: 0.1)")
     head.add_argument(
         "--layer-mix", choices=["softmax", "ladder", "last"], default="softmax", help="(default: softmax)"
@@ -354,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt = tr.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=3, help="(default: 3)")
     opt.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    opt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4; regression 1e-3)")
     opt.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
     opt.add_argument(
         "--patience", type=int, default=0, help="stop a head after N epochs without improvement (0: never)"

@@ -109,8 +109,8 @@ def test_regression_on_stsb(tmp_path, encoder, glue):
     path = extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path / "c"), encoder=encoder).path
     results = train(
         path,
-        [HeadSpec("yt", config={"width": 64, "heads": 2})],
-        quick(epochs=3, lr=3e-3),
+        [HeadSpec("yt", config={"width": 64, "heads": 2}, lr=3e-3), HeadSpec("default")],
+        quick(epochs=3, lr=None),
         tmp_path / "r",
         log=lambda m: None,
     )
@@ -118,6 +118,12 @@ def test_regression_on_stsb(tmp_path, encoder, glue):
     assert results["yt"]["pearson"] > 0.3  # 300 rows, 3 epochs: clearly learning, far from chance (0)
     head, info = load_head(tmp_path / "r" / "yt")
     assert info.config.kind == "regression" and info.config.num_labels == 1
+    # Unset, a regression head takes the regression defaults (measured on STS-B), lr included.
+    _, info = load_head(tmp_path / "r" / "default")
+    assert (info.config.width, info.config.blocks, info.config.heads) == (256, 1, 4)
+    state = torch.load(tmp_path / "r" / "state.pt", weights_only=False)
+    assert state["heads"]["default"]["optimizer"]["param_groups"][0]["initial_lr"] == 1e-3
+    assert state["heads"]["yt"]["optimizer"]["param_groups"][0]["initial_lr"] == 3e-3
 
 
 def test_cli_train_and_eval_print_metrics_last(sst2, tmp_path):

@@ -28,7 +28,7 @@ from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cach
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
 from ytune.train.metrics import compute_metrics
-from ytune.train.model import HeadBank, HeadConfig, build_head, count_parameters
+from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters
 
 STATE = "state.pt"
 
@@ -41,7 +41,7 @@ class HeadSpec:
     label: str | None = None  # label column; None: the cache's only column
     config: dict = field(default_factory=dict)  # HeadConfig fields (width, blocks, head_type, ...)
     layers: Sequence[int] | None = None  # hidden states (negatives from the end); None: all cached
-    lr: float | None = None  # None: TrainConfig.lr
+    lr: float | None = None  # None: TrainConfig.lr, else the head kind's default
     weight_decay: float | None = None
 
 
@@ -49,7 +49,7 @@ class HeadSpec:
 class TrainConfig:
     epochs: int = 3  # the best epoch is kept: more epochs cost time, never accuracy
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float | None = None  # None: the head kind's measured default (model.KIND_DEFAULTS)
     weight_decay: float = 0.01
     warmup: float = 0.06  # share of the steps spent warming up
     clip: float = 1.0
@@ -153,7 +153,8 @@ def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, steps: int, device: t
                     cache.manifest.info)  # fmt: skip
     # fused: one kernel per parameter instead of a dozen small ops (a step of the default head on CPU:
     # 39 ms with the default implementation, 34 ms fused).
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr if spec.lr is None else spec.lr, fused=True,
+    lr = next(x for x in (spec.lr, cfg.lr, KIND_DEFAULTS[config.kind]["lr"]) if x is not None)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, fused=True,
                                   weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)  # fmt: skip
     warm = max(1, int(cfg.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
