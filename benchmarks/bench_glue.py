@@ -81,6 +81,7 @@ def main() -> None:
         "train rows",
         "metric",
         "Y-Tuning",
+        "Y-Tuning, names",
         "probe",
         "majority",
         "Y-Tuning params",
