@@ -3,8 +3,9 @@
 The shape of the job: tokenize every split; plan each split into length-sorted shards (the cache's
 plan); for every shard not yet committed, run the encoder over batches cut by a token budget, keep
 only the real tokens of the requested layers, and hand each batch to a writer thread behind a
-bounded queue, which appends it to the open shard, so the encoder never waits for the disk. A killed job rerun with the same arguments
-skips committed shards; under torchrun each rank takes every WORLD_SIZE-th shard.
+bounded queue, which appends it to the open shard, so the encoder never waits for the disk. A
+killed job rerun with the same arguments skips committed shards; under torchrun each rank takes
+every WORLD_SIZE-th shard.
 """
 
 from __future__ import annotations
