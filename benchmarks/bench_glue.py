@@ -15,10 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import environment, markdown_table, write_json
+from common import environment, glue_subset, markdown_table, write_json
 
 from ytune.cache.reader import open_cache
-from ytune.extract.data import load_glue
 from ytune.extract.pipeline import ExtractConfig, extract
 from ytune.train.metrics import majority_baseline
 from ytune.train.trainer import HeadSpec, TrainConfig, train
@@ -27,8 +26,7 @@ LAYERS = (-4, -3, -2, -1)
 
 
 def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
-    data = load_glue(task, ["train", "validation"], a.glue, limit=a.rows)
-    data.splits["validation"] = load_glue(task, ["validation"], a.glue).splits["validation"]
+    data = glue_subset(task, a.rows, a.glue)
     ex = extract(data, ExtractConfig(layers=LAYERS, cache_dir=a.cache_dir, progress=False))
     head = json.loads(a.head)
     specs = [HeadSpec("ytuning", config=head, lr=a.lr), HeadSpec("probe", config={"head_type": "probe"})]

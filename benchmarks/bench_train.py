@@ -59,20 +59,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment, markdown_table, write_json
+from common import environment, glue_subset, markdown_table, write_json
 from torch import nn
 
-from ytune.extract.data import GLUE_TASKS, TextDataset, load_glue
+from ytune.cache.reader import BUCKET
+from ytune.extract.data import GLUE_TASKS, TextDataset
 from ytune.extract.encoder import resolve_model
-from ytune.extract.pipeline import TRUNCATION, ExtractConfig, ExtractResult, Tokenized, extract, tokenize
+from ytune.extract.pipeline import TRUNCATION, ExtractConfig, ExtractResult, Tokenized, extract, pad, tokenize
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS
 from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 BATCH = 32
-BUCKET = 16  # batches per length-sorted pool, as ytune's reader
-MAX_LENGTH = 128
-WEIGHT_DECAY, WARMUP, CLIP = 0.01, 0.06, 1.0
+MAX_LENGTH = ExtractConfig().max_length
+_TRAIN = TrainConfig()  # the optimiser settings every contender shares with ytune's trainer
+WEIGHT_DECAY, WARMUP, CLIP = _TRAIN.weight_decay, _TRAIN.warmup, _TRAIN.clip
 LORA = dict(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1)
 BASELINE_LR = {"lora": 5e-4, "full": 3e-5}
 PROBE_LR = 1e-3
@@ -98,13 +99,6 @@ def accuracy_heads() -> list[HeadSpec]:
 # Data
 
 
-def load_data(task: str, rows: int, glue: str) -> TextDataset:
-    """The first `rows` rows of the task's train split and its whole validation split."""
-    data = load_glue(task, ["train", "validation"], glue, limit=rows)
-    data.splits["validation"] = load_glue(task, ["validation"], glue).splits["validation"]
-    return data
-
-
 def train_batches(lengths: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
     """ytune's shuffled batching: pools of BUCKET batches, sorted by length, cut, batches shuffled."""
     order, out = rng.permutation(len(lengths)), []
@@ -115,22 +109,9 @@ def train_batches(lengths: np.ndarray, rng: np.random.Generator) -> list[list[in
     return out
 
 
-def collate(tok: Tokenized, rows: list[int], pad: int) -> dict[str, torch.Tensor]:
-    """The rows padded to the longest: input ids, attention mask and (if the tokenizer has them) type ids."""
-    longest = max(len(tok.ids[r]) for r in rows)
-    x = torch.full((len(rows), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    types = torch.zeros((len(rows), longest), dtype=torch.long) if tok.type_ids is not None else None
-    for i, r in enumerate(rows):
-        n = len(tok.ids[r])
-        x[i, :n] = torch.tensor(tok.ids[r])
-        mask[i, :n] = 1
-        if types is not None:
-            types[i, :n] = torch.tensor(tok.type_ids[r])
-    batch = {"input_ids": x, "attention_mask": mask}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
+def collate(tok: Tokenized, rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """The rows padded to the longest, as extraction pads them (input ids, attention mask, type ids)."""
+    return pad(tok, np.asarray(rows), pad_id, torch.device("cpu"))[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +272,7 @@ class Prepared:
 
 
 def prepare(task: str, rows: int, glue: str, layers: tuple[int, ...], model: str, tmp: Path) -> Prepared:
-    data = load_data(task, rows, glue)
+    data = glue_subset(task, rows, glue)
     ex = extract(data, ExtractConfig(layers=layers, cache_dir=tmp / "cache", progress=False))
     print(f"{task}: {ex.summary()}", flush=True)
     return Prepared(task, data, ex, Baseline(model, data))

@@ -63,3 +63,13 @@ def write_json(path: str | Path | None, obj: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def glue_subset(task: str, rows: int | None, glue: str):
+    """The first `rows` training rows of a GLUE task (all when None) and its whole validation split:
+    the fixed subset every contender of a benchmark sees."""
+    from ytune.extract.data import load_glue
+
+    data = load_glue(task, ["train", "validation"], glue, limit=rows)
+    data.splits["validation"] = load_glue(task, ["validation"], glue).splits["validation"]
+    return data

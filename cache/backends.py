@@ -101,12 +101,13 @@ class Backend(Protocol):
     def open(self, path: Path) -> ShardArrays: ...
 
 
-def chunk_tokens(features_shape: tuple[int, ...], itemsize: int) -> int:
-    """Rows per chunk: about CHUNK_BYTES, and equal-sized, because both formats store the last
-    chunk whole: a fixed size left up to one chunk of zeros per shard (6% of a real cache)."""
-    per_token = int(np.prod(features_shape[1:])) * itemsize
-    count = -(-features_shape[0] * per_token // CHUNK_BYTES)
-    return max(1, -(-features_shape[0] // max(1, count)))
+def chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """An array's chunk shape: whole rows, about CHUNK_BYTES, and equal-sized, because both formats
+    store the last chunk whole: a fixed size left up to one chunk of zeros per shard (6% of a real
+    cache)."""
+    per_row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    count = -(-shape[0] * per_row // CHUNK_BYTES)
+    return (max(1, -(-shape[0] // max(1, count))), *shape[1:])
 
 
 class ZarrBackend:
@@ -124,15 +125,15 @@ class ZarrBackend:
         group = zarr.open_group(str(path), mode="w-", attributes=attrs)
 
         def array(key: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
-            chunk = (chunk_tokens(shape, np.dtype(dtype).itemsize), *shape[1:])
             return group.create_array(
-                key, shape=shape, dtype=dtype, chunks=chunk, compressors=None, fill_value=0
+                key, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), compressors=None, fill_value=0
             )
 
         features = array(FEATURES, tuple(shape), dtype)
         for key, data in ((OFFSETS, offsets), (ROW, row)):
             array(key, data.shape, data.dtype)[...] = data
-        return ShardSink(features, shape[0], features.chunks[0], sync=lambda: fsync_tree(path))
+        # offsets and row are fsynced at commit; while features arrive only their chunk files change
+        return ShardSink(features, shape[0], features.chunks[0], sync=lambda: fsync_tree(path / FEATURES))
 
     def open(self, path: Path) -> ShardArrays:
         group = zarr.open_group(str(path), mode="r")
@@ -156,17 +157,16 @@ class HDF5Backend:
         f = h5py.File(path, "w-", libver="latest")
         try:
             f.attrs.update(attrs)
-            chunk = (chunk_tokens(shape, np.dtype(dtype).itemsize), *shape[1:])
-            features = f.create_dataset(FEATURES, shape=shape, dtype=dtype, chunks=chunk, track_times=False)
+            features = f.create_dataset(
+                FEATURES, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), track_times=False
+            )
             for key, data in ((OFFSETS, offsets), (ROW, row)):
-                f.create_dataset(
-                    key, data=data, chunks=(chunk_tokens(data.shape, data.itemsize),), track_times=False
-                )
+                f.create_dataset(key, data=data, chunks=chunks(data.shape, data.dtype), track_times=False)
         except BaseException:
             f.close()
             raise
         return ShardSink(
-            features, shape[0], chunk[0], sync=lambda: (f.flush(), fsync_tree(path)), close=f.close
+            features, shape[0], features.chunks[0], sync=lambda: (f.flush(), fsync_tree(path)), close=f.close
         )
 
     def open(self, path: Path) -> ShardArrays:
