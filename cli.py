@@ -17,6 +17,9 @@ from ytune.cache import store
 from ytune.cache.format import default_root
 from ytune.errors import UserError
 
+# Head settings (--head and --sweep keys), in the order the help lists them.
+SETTING_KEYS = ("name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
+                "dropout", "layer_mix", "pool", "label_init")  # fmt: skip
 CACHE_DIR_HELP = "root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)"
 
@@ -143,43 +146,21 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(result.path)
 
 
-HEAD_KEYS = {"name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
-             "dropout", "layer_mix", "pool", "label_init"}  # fmt: skip
-
-
 def head_specs(args: argparse.Namespace) -> list:
     """The heads to train: the one the flags describe, or one per --head, each starting from the flags."""
+    from ytune.train.sweep import parse_pairs, with_settings
     from ytune.train.trainer import HeadSpec
 
     layers = [i for group in args.layers for i in group] if args.layers else None
-    base = {"name": args.head_type, "label": args.label, "layers": layers, "lr": None, "weight_decay": None,
-            "head_type": args.head_type, "width": args.width, "blocks": args.blocks, "heads": args.heads,
-            "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool,
-            "label_init": args.label_init, "ffn_mult": args.ffn_mult}  # fmt: skip
-    specs = []
-    for i, text in enumerate(args.head or [""]):
-        fields = dict(base, name=f"head{i}" if args.head else base["name"])
-        for item in filter(None, text.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq or key not in HEAD_KEYS:
-                raise UserError(
-                    f"--head takes KEY=VALUE pairs with keys {', '.join(sorted(HEAD_KEYS))}; got {item!r}."
-                )
-            fields[key] = value
-        try:
-            layers = fields["layers"]
-            layers = [int(x) for x in layers.split(":")] if isinstance(layers, str) else layers
-            config = {k: fields[k] for k in ("head_type", "layer_mix", "pool", "label_init")}
-            config.update(
-                {k: int(fields[k]) for k in ("width", "blocks", "heads", "ffn_mult") if fields[k] is not None}
-            )
-            config["dropout"] = float(fields["dropout"])
-            lr = float(fields["lr"]) if fields["lr"] is not None else None
-            wd = float(fields["weight_decay"]) if fields["weight_decay"] is not None else None
-        except ValueError as e:
-            raise UserError(f"bad value in --head {text!r}: {e}.") from None
-        specs.append(HeadSpec(fields["name"], fields["label"], config, layers, lr, wd))
-    return specs
+    config = {"head_type": args.head_type, "width": args.width, "blocks": args.blocks, "heads": args.heads,
+              "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool, "label_init": args.label_init,
+              "ffn_mult": args.ffn_mult}  # fmt: skip
+    base = HeadSpec(args.head_type, args.label, {k: v for k, v in config.items() if v is not None}, layers)
+    if not args.head:
+        return [base]
+    return [
+        with_settings(base, {"name": f"head{i}", **parse_pairs(text)}) for i, text in enumerate(args.head)
+    ]
 
 
 def train_config(args: argparse.Namespace):
@@ -187,7 +168,8 @@ def train_config(args: argparse.Namespace):
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "train_split", "eval_split", "device",
             "workers", "threads")  # fmt: skip
-    return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
+    select = getattr(args, "select_on", None) or ("holdout" if getattr(args, "sweep", None) else "validation")
+    return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)}, select_on=select)
 
 
 def print_metrics(results: dict[str, dict]) -> None:
@@ -197,14 +179,22 @@ def print_metrics(results: dict[str, dict]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from ytune.train.sweep import parse_grid, sweep
     from ytune.train.trainer import train
 
     path = store.resolve(args.cache, args.cache_dir)
     specs = head_specs(args)
+    grid = parse_grid(args.sweep or [])
+    cfg = train_config(args)
     out = args.out or os.path.join("runs", specs[0].label or path.name)
-    results = train(
-        path, specs, train_config(args), out, resume=args.resume, log=lambda m: print(m, file=sys.stderr)
-    )
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if grid:
+        winner = sweep(path, specs, grid, cfg, out, resume=args.resume, log=log)
+        print(f"heads saved under {out}; the winner, {winner['winner']!r}, is what {out} stands for in "
+              "ytune eval and ytune predict", file=sys.stderr)  # fmt: skip
+        print(json.dumps(winner, sort_keys=True))
+        return
+    results = train(path, specs, cfg, out, resume=args.resume, log=log)
     print(f"heads saved under {out}", file=sys.stderr)
     print_metrics(results)
 
@@ -317,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train Y-Tuning heads (or a linear probe) on a cache",
         description="Train label heads on a cache without loading the encoder. The flags describe one head; "
         "--head KEY=VALUE,... (repeatable) trains several in one pass over the data, each starting from the "
-        "flags (keys: name, label, layers, lr, weight_decay, head_type, width, blocks, heads, ffn_mult, dropout, "
-        "layer_mix, pool; layers as -2:-1). The last stdout line is a JSON object of the best epoch's "
-        "metrics on the evaluation split ({head: metrics} for several heads).",
+        f"flags; --sweep KEY=V1,V2,... (repeatable) trains the grid of their values as heads of one pass and "
+        f"picks a winner. Keys: {', '.join(SETTING_KEYS)}; layers as -1, -4:-1 (a range) or 0+3+6. The last "
+        "stdout line is a JSON object of the best epoch's metrics on the evaluation split ({head: metrics} "
+        "for several heads; for a sweep, the winner's name, settings and metrics).",
     )
     tr.set_defaults(run=cmd_train)
     tr.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
@@ -331,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--head", action="append", metavar="KEY=VALUE,...", help="one head of several (repeatable)"
     )
     head.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help="sweep a setting over these values (repeatable: the grid is the product); heads are named "
+        "after their settings",
+    )
+    head.add_argument(
+        "--select-on",
+        choices=["holdout", "validation"],
+        help="choose each head's best epoch (and a sweep's winner) on held-out training rows, or on the "
+        "evaluation split (default: holdout for a sweep, else validation)",
+    )
+    head.add_argument(
         "--head-type", choices=["ytuning", "probe"], default="ytuning", help="(default: ytuning)"
     )
     head.add_argument(
@@ -339,18 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("--width", type=int, help="head width (default: 384; regression 256)")
     head.add_argument("--blocks", type=int, help="label-attention blocks (default: 2; regression 1)")
     head.add_argument("--heads", type=int, help="attention heads (default: 6; regression 4)")
-    head.add_argument("--dropout", type=float, default=0.1, help="(default: 0.1)")
-    head.add_argument(
-        "--layer-mix", choices=["softmax", "ladder", "last"], default="softmax", help="(default: softmax)"
-    )
-    head.add_argument(
-        "--pool", choices=["mean", "first"], default="mean", help="probe pooling (default: mean)"
-    )
-    head.add_argument("--ffn-mult", type=int, default=2, help="feed-forward width / head width (default: 2)")
+    head.add_argument("--dropout", type=float, help="(default: 0.1)")
+    head.add_argument("--layer-mix", choices=["softmax", "ladder", "last"], help="(default: softmax)")
+    head.add_argument("--pool", choices=["mean", "first"], help="probe pooling (default: mean)")
+    head.add_argument("--ffn-mult", type=int, help="feed-forward width / head width (default: 2)")
     head.add_argument(
         "--label-init",
         choices=["random", "names"],
-        default="random",
         help="start the label queries at random, or at the encoder's features of the label names",
     )
     opt = tr.add_argument_group("optimisation")

@@ -222,16 +222,24 @@ class SplitReader:
         buffer_size: int = 1024,
         prefetch: int = 2,
         worker: tuple[int, int] = (0, 1),
+        keep: np.ndarray | None = None,
     ) -> Iterator[Batch]:
         """Batches of one epoch. `worker=(i, n)` takes every n-th shard of the epoch's order, so n
-        readers together yield every example exactly once."""
+        readers together yield every example exactly once. `keep` (bool per source row) limits the
+        epoch to the rows it marks, e.g. the training rows apart from a held-out slice."""
         rng = np.random.default_rng([seed, epoch, worker[0]])
         order = (
             list(np.random.default_rng([seed, epoch]).permutation(self.shards)) if shuffle else self.shards
         )
         columns = {c: self.cache.labels(self.name, c) for c in labels}
         batches = self._batches(
-            order[worker[0] :: worker[1]], batch_size, columns, layers, rng if shuffle else None, buffer_size
+            order[worker[0] :: worker[1]],
+            batch_size,
+            columns,
+            layers,
+            rng if shuffle else None,
+            buffer_size,
+            keep,
         )
         return _prefetched(batches, prefetch) if prefetch > 0 else batches
 
@@ -243,13 +251,14 @@ class SplitReader:
         layers: Sequence[int] | None,
         rng: np.random.Generator | None,
         buffer_size: int,
+        keep: np.ndarray | None = None,
     ) -> Iterator[Batch]:
         """Batches of `batch_size` examples. Shuffled examples are gathered in pools of BUCKET
         batches, each pool sorted by length, cut, and its batches shuffled: batches stay random
         but hold rows of similar length, so padding (measured: 65% of the tokens without
         this) nearly vanishes. Unshuffled shards are length-sorted already."""
         dtype = self.cache.identity.dtype
-        examples = self._examples(shards, layers, rng, buffer_size)
+        examples = self._examples(shards, layers, rng, buffer_size, keep)
         pool_size = batch_size * (BUCKET if rng is not None else 1)
         while pool := list(itertools.islice(examples, pool_size)):
             if rng is not None:
@@ -264,12 +273,15 @@ class SplitReader:
         layers: Sequence[int] | None,
         rng: np.random.Generator | None,
         buffer_size: int,
+        keep: np.ndarray | None = None,
     ) -> Iterator[tuple[np.ndarray, int]]:
-        """(stored features, source row) pairs, shuffled through the buffer when rng is given."""
+        """(stored features, source row) pairs of the rows `keep` marks (all by default), shuffled
+        through the buffer when rng is given."""
         buffer: list[tuple[np.ndarray, int]] = []
         for name in shards:
             features, offsets, rows = self.read_shard(name, layers)
-            for i in rng.permutation(len(rows)) if rng is not None else range(len(rows)):
+            order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
+            for i in order if keep is None else order[keep[rows[order]]]:
                 example = features[offsets[i] : offsets[i + 1]]
                 if rng is None or buffer_size <= 1:
                     yield example, int(rows[i])

@@ -12,7 +12,11 @@ from ytune.train.model import (
     YTuningHead,
     build_head,
     count_parameters,
+    head_state,
+    load_head_state,
+    stack_heads,
 )
+from ytune.train.optim import StackedAdamW
 
 H, D = 24, 16  # small encoder and head widths keep the tests fast
 
@@ -86,7 +90,7 @@ def test_output_shapes(kw):
     assert isinstance(head, LinearProbe if cfg.head_type == "probe" else YTuningHead)
     features, mask = make_batch(layers=cfg.num_layers_in)
     out = head(features, mask)
-    expected = (4,) if cfg.kind == "regression" else (4, cfg.num_labels)
+    expected = (1, 4) if cfg.kind == "regression" else (1, 4, cfg.num_labels)  # [K heads, B, ...]
     assert out.shape == expected
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
@@ -94,7 +98,7 @@ def test_output_shapes(kw):
 
 def test_regression_forces_one_label():
     assert HeadConfig(kind="regression").num_labels == 1
-    assert YTuningHead(small_cfg(kind="regression")).queries.shape == (1, D)
+    assert YTuningHead(small_cfg(kind="regression")).queries.shape == (1, 1, D)
 
 
 HEAD_VARIANTS = [
@@ -133,7 +137,7 @@ def test_padding_changes_nothing(name, kw, attention):
         for i in range(4):
             n = int(mask[i].sum())
             alone = head(features[i : i + 1, :n], mask[i : i + 1, :n])
-            torch.testing.assert_close(alone, out[i : i + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(alone, out[:, i : i + 1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name,kw,attention", HEAD_VARIANTS, ids=[v[0] for v in HEAD_VARIANTS])
@@ -148,7 +152,7 @@ def test_masked_token_changes_nothing_real_token_does(name, kw, attention):
         changed = features.clone()
         pos = 0 if head.cfg.pool == "first" and head.cfg.head_type == "probe" else 1
         changed[2, pos] = 3.0 * torch.randn(changed.shape[2:])
-        diff = (head(changed, mask) - out).abs()
+        diff = (head(changed, mask) - out).abs()[0]
         assert diff[2].max() > 1e-3
         assert diff[[0, 1, 3]].max() == 0  # the other examples do not see it
 
@@ -192,30 +196,30 @@ def test_low_precision_features_are_cast():
     assert head(features.bfloat16(), mask).dtype == torch.float32
 
 
-def test_layer_mix_weights_get_the_right_gradient():
-    mix = LayerMix(3)
+def test_layer_mix_is_each_heads_softmax_weighted_sum_with_its_gradient():
+    mix = LayerMix(2, 3)  # two heads, three layers
     with torch.no_grad():
-        mix.logits.copy_(torch.tensor([0.3, -0.2, 0.5]))
-    features = torch.randn(2, 5, 3, 6).half()
-    target = torch.randn(2, 5, 6)
-    (mix(features, torch.float32) * target).sum().backward()
-    got = mix.logits.grad.clone()
+        mix.logits.copy_(torch.tensor([[0.3, -0.2, 0.5], [-1.0, 0.0, 2.0]]))
+    layers = torch.randn(3, 2, 5, 6).half().float()  # [L, B, T, H]
+    target = torch.randn(2, 2, 5, 6)
+    (mix(layers) * target).sum().backward()
     logits = mix.logits.detach().clone().requires_grad_(True)
-    ref = torch.einsum("btlh,l->bth", features.float(), torch.softmax(logits, 0))
+    ref = torch.einsum("lbth,kl->kbth", layers, torch.softmax(logits, -1))
     (ref * target).sum().backward()
-    torch.testing.assert_close(got, logits.grad)
-    torch.testing.assert_close(mix(features, torch.float32), ref.detach())
+    torch.testing.assert_close(mix.logits.grad, logits.grad)
+    torch.testing.assert_close(mix(layers), ref.detach())
+    assert LayerMix(2, 3, "last")(layers).shape == (1, 2, 5, 6)  # one layer for every head: shared
 
 
 def fit(head, features, mask, labels, steps=150):
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(features, mask), labels).backward()
+        torch.nn.functional.cross_entropy(head(features, mask)[0], labels).backward()
         opt.step()
     head.eval()
     with torch.no_grad():
-        return (head(features, mask).argmax(-1) == labels).float().mean().item()
+        return (head(features, mask)[0].argmax(-1) == labels).float().mean().item()
 
 
 def test_head_can_fit_a_token_level_task():
@@ -290,11 +294,11 @@ def test_init_queries():
     head = YTuningHead(small_cfg(num_labels=3))
     vectors = torch.randn(3, D)
     head.init_queries(vectors)
-    torch.testing.assert_close(head.queries.detach(), vectors)
+    torch.testing.assert_close(head.queries.detach()[0], vectors)
     encoder_space = torch.randn(3, H)
     head.init_queries(encoder_space)
     with torch.no_grad():
-        torch.testing.assert_close(head.queries, head.proj(head.norms_in[0](encoder_space)))
+        torch.testing.assert_close(head.queries, head.proj(head.norms_in[0](encoder_space[None])))
     with pytest.raises(UserError, match="Label query vectors"):
         head.init_queries(torch.randn(2, D))
 
@@ -325,17 +329,101 @@ def test_head_bank_matches_heads_alone():
     for head, _ in heads.values():
         randomise(head)
     bank = HeadBank(heads).eval()
+    assert len(bank.stacks) == 4  # four shapes: nothing to stack
     with torch.no_grad():
         outs = bank(features, mask)
         assert set(outs) == set(heads)
         for name, (head, layers) in heads.items():
-            alone = head(features[:, :, list(layers)], mask)
+            alone = head(features[:, :, list(layers)], mask)[0]
             torch.testing.assert_close(outs[name], alone, atol=0, rtol=0)
     assert count_parameters(bank) == sum(count_parameters(h) for h, _ in heads.values())
-    with pytest.raises(UserError, match="already"):
-        bank.add("last", build_head(small_cfg()), (0,))
     with pytest.raises(UserError, match="expects 2 layer"):
-        bank.add("other", build_head(small_cfg(num_layers_in=2)), (0,))
+        HeadBank({"other": (build_head(small_cfg(num_layers_in=2)), (0,))})
     bad = HeadBank({"x": (build_head(small_cfg()), (7,))})
-    with pytest.raises(ValueError, match="selects layers"):
+    with pytest.raises(ValueError, match="select layers"):
         bad(features, mask)
+
+
+STACKABLE = [
+    dict(num_layers_in=3, blocks=2, num_labels=3),
+    dict(num_layers_in=3, blocks=2, layer_mix="last"),
+    dict(num_layers_in=2, blocks=2, layer_mix="ladder"),
+    dict(num_layers_in=2, hidden_in=D, kind="regression"),
+    dict(head_type="probe", num_layers_in=3),
+]
+
+
+@pytest.mark.parametrize("kw", STACKABLE, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("attention", ["factored", "direct"])
+def test_a_stack_computes_what_its_heads_compute_alone_gradients_included(kw, attention):
+    singles = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = build_head(small_cfg(**kw))
+        randomise(head, seed=seed + 10)  # each head its own parameters
+        singles.append(head)
+    stack = stack_heads(singles)
+    assert stack.size == 3 and count_parameters(stack) == 3 * count_parameters(singles[0])
+    for head in [stack, *singles]:
+        head.attention = attention
+    features, mask = make_batch(layers=singles[0].cfg.num_layers_in, h=singles[0].cfg.hidden_in)
+    out = stack(features, mask)
+    out.pow(2).sum().backward()
+    for i, head in enumerate(singles):
+        alone = head(features, mask)
+        alone.pow(2).sum().backward()
+        torch.testing.assert_close(out[i], alone[0], atol=1e-5, rtol=1e-5)
+        grads = {n: p.grad for n, p in head.named_parameters() if p.grad is not None}
+        for n, p in stack.named_parameters():
+            if n in grads:
+                torch.testing.assert_close(p.grad[i], grads[n][0], atol=1e-5, rtol=1e-4, msg=n)
+        state = head_state(stack, i)  # the checkpoint form: a head of its own, without the head axis
+        assert all(torch.equal(state[n], p[0]) for n, p in head.state_dict().items())
+        fresh = build_head(head.cfg)
+        load_head_state(fresh, state)
+        assert all(torch.equal(fresh.state_dict()[n], p) for n, p in head.state_dict().items())
+
+
+def test_heads_of_other_shapes_do_not_stack():
+    with pytest.raises(ValueError, match="one shape"):
+        stack_heads([build_head(small_cfg(width=16)), build_head(small_cfg(width=32))])
+    # label_init only decides where the queries start: such heads stack
+    stack_heads([build_head(small_cfg()), build_head(small_cfg(label_init="names"))])
+
+
+def test_stacked_adamw_steps_each_head_as_torch_adamw_steps_it_alone():
+    """Per-head learning rates, weight decays and gradient clipping (one head clipped, one not)."""
+    torch.manual_seed(0)
+    singles = [build_head(small_cfg(num_layers_in=2)) for _ in range(2)]
+    stack = stack_heads(singles)
+    lrs, wds = [1e-2, 3e-3], [0.0, 0.1]
+    mine = StackedAdamW(stack, lrs, wds)
+    theirs = [
+        torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=wd)
+        for h, lr, wd in zip(singles, lrs, wds, strict=True)
+    ]
+    features, mask = make_batch(layers=2)
+    for step in range(3):
+        factor = 0.5 + step / 4
+        scale = torch.tensor([100.0, 0.01]).view(2, 1)  # head 0's gradient is clipped, head 1's is not
+        (stack(features, mask).sum(-1) * scale).pow(2).sum().backward()
+        mine.step(factor, [True, True], max_norm=1.0)
+        mine.zero_grad()
+        for i, (head, opt) in enumerate(zip(singles, theirs, strict=True)):
+            (head(features, mask).sum(-1) * scale[i]).pow(2).sum().backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = lrs[i] * factor
+            opt.step()
+            opt.zero_grad()
+    for i, head in enumerate(singles):
+        for n, p in head.state_dict().items():
+            if n.endswith(
+                "attn.k.bias"
+            ):  # softmax ignores it: its gradient is float noise, Adam's step its sign
+                continue
+            torch.testing.assert_close(head_state(stack, i)[n], p[0], atol=1e-5, rtol=1e-4, msg=n)
+    before = head_state(stack, 1)
+    (stack(features, mask)).pow(2).sum().backward()
+    mine.step(1.0, [True, False])  # head 1 has stopped: it does not move
+    assert all(torch.equal(head_state(stack, 1)[n], p) for n, p in before.items())

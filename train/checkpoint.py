@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ytune.cache.identity import Identity
 from ytune.errors import UserError
-from ytune.train.model import HeadConfig, build_head
+from ytune.train.model import HeadConfig, build_head, load_head_state
 
 FEATURE_FIELDS = ("encoder", "tokenizer", "max_length", "truncation")
 
@@ -69,23 +70,24 @@ class HeadInfo:
         return [identity.layers.index(i) for i in self.layers]
 
 
-def save_head(directory: Path, head: nn.Module, info: HeadInfo) -> None:
+def save_head(directory: Path, state: dict[str, torch.Tensor], info: HeadInfo) -> None:
+    """`state`: one head's parameters without the head axis (model.head_state)."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-        directory / "head.safetensors",
-    )
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "head.safetensors")
     (directory / "config.json").write_text(json.dumps(info.to_dict(), indent=1) + "\n")
 
 
 def load_head(directory: str | Path) -> tuple[nn.Module, HeadInfo]:
-    directory = Path(directory)
+    """A trained head from its folder; a sweep's folder gives its winner."""
+    from ytune.train.sweep import winner_dir
+
+    directory = winner_dir(Path(directory))
     if not (directory / "config.json").is_file() or not (directory / "head.safetensors").is_file():
         raise UserError(f"{directory} is not a trained head: it needs config.json and head.safetensors.")
     try:
         info = HeadInfo.from_dict(json.loads((directory / "config.json").read_text()))
         head = build_head(info.config)
-        head.load_state_dict(load_file(directory / "head.safetensors"))
+        load_head_state(head, load_file(directory / "head.safetensors"))
     except UserError:
         raise
     except Exception as e:  # json, safetensors and torch each raise their own types for damage

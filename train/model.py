@@ -1,10 +1,15 @@
 """Heads that learn on cached encoder features: the Y-Tuning head, the linear-probe baseline, a bank.
 
-Every head takes ``features`` [B, T, L, H] (any float dtype; cast to the head's dtype inside, after the
-layer mix, so the big tensor is never copied whole) and ``mask`` [B, T] (bool, True = real token;
-every row has at least one real token), and returns logits [B, num_labels] for classification or
-scores [B] for regression. Padding changes nothing: padded positions are excluded from attention and
-from pooling.
+Every head module is a stack of K heads of one shape: each parameter carries a leading head axis
+[K, ...] and the K heads run as batched matrix products in one forward, so a sweep of learning
+rates or seeds pays one module's Python and kernel launches, not K. A single head is a stack of
+one; a saved head is its slice without the head axis, the same file whatever stack it trained in.
+
+Heads take ``features`` [B, T, L, H] (any float dtype) and ``mask`` [B, T] (bool, True = real token;
+every row has at least one real token), and return [K, B, num_labels] logits for classification or
+[K, B] scores for regression. ``forward_layers`` takes the features already cast and laid out
+layer-major, [L, B, T, H]: the bank does that once per batch for every head. Padding changes
+nothing: padded positions are excluded from attention and from pooling.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class HeadConfig:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters (of all K heads of a stack together)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -123,135 +128,181 @@ def _check_inputs(features: torch.Tensor, mask: torch.Tensor, num_layers: int) -
     return mask if mask.dtype == torch.bool else mask.to(torch.bool)
 
 
-class _MixLayers(torch.autograd.Function):
-    """sum_l w[l] * features[:, :, l], computed one layer at a time in w's dtype.
+def layer_major(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, T, L, H] as stored -> [L, B, T, H] in ``dtype``, contiguous: one cast for every head, and
+    the layout in which a layer mix is one matrix product."""
+    b, t, n, h = features.shape
+    return torch.empty((n, b, t, h), dtype=dtype, device=features.device).copy_(features.permute(2, 0, 1, 3))
 
-    Autograd on the plain expression would keep a cast copy of every layer for the weights' gradient;
-    this keeps only a reference to ``features`` (which needs no gradient) and re-reads it backwards.
+
+def _per_head(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-head vector p [K, n] shaped to broadcast against x [K, ..., n]."""
+    return p.view(p.shape[0], *([1] * (x.dim() - 2)), p.shape[-1])
+
+
+class _LinearFunction(torch.autograd.Function):
+    """y = x @ W^T + b for K stacked maps, with W's gradient computed in W's own layout.
+
+    Written as plain autograd, the gradient of W^T arrives transposed and is copied into W's layout:
+    a transposed copy of every weight gradient, measured as the largest single cost of a stacked
+    step on CPU (a head's work is weight-sized: 64 label rows against 384 x 384 weights).
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(features, weights)
-        out = features[:, :, 0].to(weights.dtype) * weights[0]
-        for i in range(1, features.shape[2]):
-            out.add_(features[:, :, i].to(weights.dtype) * weights[i])
-        return out
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        features, weights = ctx.saved_tensors
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.stack(
-                [(grad_out * features[:, :, i].to(weights.dtype)).sum() for i in range(features.shape[2])]
-            )
-        return None, grad_w
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        return grad_x, torch.bmm(grad.transpose(1, 2), x), grad.sum(1)
+
+
+class Linear(nn.Module):
+    """K affine maps, one per head: x [K, ..., in] -> [K, ..., out] in one batched product.
+    Parameters are named and initialised as nn.Linear's, with the head axis in front."""
+
+    def __init__(self, k: int, n_in: int, n_out: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)
+        self.weight = nn.Parameter(torch.empty(k, n_out, n_in).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, n_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, n_out = self.weight.shape[:2]
+        y = _LinearFunction.apply(x.reshape(k, -1, x.shape[-1]), self.weight, self.bias)
+        return y.view(*x.shape[:-1], n_out)
+
+
+class LayerNorm(nn.Module):
+    """K LayerNorms: one normalisation, each head's own affine map. Accepts x [1, ...] (an input
+    every head shares) and broadcasts it to the K heads."""
+
+    def __init__(self, k: int, n: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(k, n))
+        self.bias = nn.Parameter(torch.zeros(k, n))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalisation alone: the same for every head."""
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(_per_head(self.bias, x), self.normalise(x), _per_head(self.weight, x))
 
 
 class LayerMix(nn.Module):
-    """Reduce [B, T, L, H] to [B, T, H] in ``dtype``: softmax-weighted sum of the layers, or the last one.
+    """Reduce layer-major features [L, B, T, H] to [K, B, T, H]: each head's softmax-weighted sum of
+    the layers; or the last layer, the same for every head ([1, B, T, H]). No LayerNorm here: the
+    heads apply their own."""
 
-    No LayerNorm here: the heads apply their own.
-    """
-
-    def __init__(self, num_layers: int, mode: str = "softmax") -> None:
+    def __init__(self, k: int, num_layers: int, mode: str = "softmax") -> None:
         super().__init__()
-        self.num_layers = num_layers
-        self.mode = mode
         # A single layer needs no weights (softmax of one logit is 1, its gradient is 0).
-        self.logits = nn.Parameter(torch.zeros(num_layers)) if mode == "softmax" and num_layers > 1 else None
+        self.logits = (
+            nn.Parameter(torch.zeros(k, num_layers)) if mode == "softmax" and num_layers > 1 else None
+        )
 
-    def forward(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, layers: torch.Tensor) -> torch.Tensor:
         if self.logits is None:
-            return features[:, :, -1].to(dtype)
-        weights = torch.softmax(self.logits.to(dtype), dim=0)
-        if features.requires_grad:  # not expected (features are cached), but stay correct
-            return torch.einsum("btlh,l->bth", features.to(dtype), weights)
-        return _MixLayers.apply(features, weights)
+            return layers[-1:]
+        weights = torch.softmax(self.logits.to(layers.dtype), dim=-1)  # [K, L]
+        return (weights @ layers.reshape(layers.shape[0], -1)).view(-1, *layers.shape[1:])
 
 
 class _Attention(nn.Module):
-    """Multi-head attention from queries [B, K, d] to a memory of T tokens, with d // heads per head.
+    """Multi-head attention from queries [K, B, n, d] to a memory of T tokens, d // heads per head.
 
-    The memory is given either as [B, T, d] (``forward``) or, for cross-attention, before the head's
-    projection as [B, T, H] with the projection (``forward_factored``). The factored form folds the
-    projection and the key/value maps into the K * heads query rows, so no per-token [B, T, d] key or
-    value is ever built: per token it costs 2 * K * heads * H multiply-adds instead of H * d + 2 * d * d.
-    With a few labels that is one to two orders of magnitude less; the result is the same function.
+    The memory is given either as [K, B, T, d] (``forward``) or, for cross-attention, before the
+    head's projection as [K or 1, B, T, H] with the projection (``forward_factored``). The factored
+    form folds the projection and the key/value maps into the n * heads query rows, so no per-token
+    [B, T, d] key or value is ever built: per token it costs 2 * n * heads * H multiply-adds instead of
+    H * d + 2 * d * d. With a few labels that is one to two orders of magnitude less; the result is
+    the same function.
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, k: int, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(width, width)
+        self.q = Linear(k, width, width)
         # Separate key and value maps: the factored form uses their weights apart, and slicing one
         # fused [2d, d] weight costs a zero-filled full-size gradient per slice in the backward.
-        self.k = nn.Linear(width, width)
-        self.v = nn.Linear(width, width)
-        self.out = nn.Linear(width, width)
+        self.k = Linear(k, width, width)
+        self.v = Linear(k, width, width)
+        self.out = Linear(k, width, width)
 
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        b, n, d = x.shape
+        k, b, n, d = x.shape
+        h = self.heads
 
-        def split(y: torch.Tensor) -> torch.Tensor:  # [b, len, d] -> [b, heads, len, d // heads]
-            return y.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+        def split(y: torch.Tensor) -> torch.Tensor:  # [K, b, len, d] -> [K * b, heads, len, d // heads]
+            return y.view(k * y.shape[1], -1, h, d // h).transpose(1, 2)
 
-        attn_mask = None if mask is None else mask[:, None, None, :]
+        attn_mask = None
+        if mask is not None:
+            attn_mask = mask[None, :, None, None, :].expand(k, -1, -1, -1, -1).reshape(k * b, 1, 1, -1)
         o = F.scaled_dot_product_attention(
             split(self.q(x)), split(self.k(memory)), split(self.v(memory)), attn_mask=attn_mask
         )
-        return self.out(o.transpose(1, 2).reshape(b, n, d))
+        return self.out(o.transpose(1, 2).reshape(k, b, n, d))
 
     def forward_factored(
-        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, norm: nn.LayerNorm, proj: nn.Module
+        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, norm: LayerNorm, proj: Linear | None
     ) -> torch.Tensor:
-        """Same as ``forward(x, proj(norm(m)), mask)``, given ``memory`` = the LayerNorm of m without its
-        affine part: [B, T, H]. The LayerNorm's affine map and the projection fold into the weights, so
-        with cached features (no gradient) no per-token tensor needs a gradient.
-        """
-        b, k, d = x.shape
-        hid = memory.shape[2]
-        h, dh = self.heads, d // self.heads
-        w_k, w_v = self.k.weight, self.v.weight  # [d, d] each (out, in)
-        if isinstance(proj, nn.Linear):  # proj(norm(m)) = a @ n + c
-            a = proj.weight * norm.weight  # [d, H]
-            b_v = w_v @ (proj.weight @ norm.bias + proj.bias) + self.v.bias
-            w_k, w_v = w_k @ a, w_v @ a  # [d, H]
+        """Same as ``forward(x, proj(norm(m)), mask)``, given ``memory`` = norm.normalise(m): the
+        LayerNorm's affine map and the projection fold into the weights, so with cached features (no
+        gradient) no per-token tensor needs a gradient, and a memory shared by the K heads ([1, B, T, H])
+        is read as it is."""
+        k, b, n, d = x.shape
+        km, _, t, hid = memory.shape
+        h, dh, per = self.heads, d // self.heads, k // km
+        w_k, w_v = self.k.weight, self.v.weight  # [K, d, d] each (out, in)
+        gain = norm.weight.unsqueeze(1)  # [K, 1, H]
+        if proj is not None:  # proj(norm(m)) = a @ n + c
+            a = proj.weight * gain  # [K, d, H]
+            c = torch.baddbmm(proj.bias.unsqueeze(-1), proj.weight, norm.bias.unsqueeze(-1))  # [K, d, 1]
+            w_k, w_v = torch.bmm(w_k, a), torch.bmm(w_v, a)  # [K, d, H]
         else:  # proj is the identity
-            b_v = w_v @ norm.bias + self.v.bias
-            w_k, w_v = w_k * norm.weight, w_v * norm.weight
+            c = norm.bias.unsqueeze(-1)
+            w_k, w_v = w_k * gain, w_v * gain
+        b_v = torch.bmm(self.v.weight, c).squeeze(-1) + self.v.bias  # [K, d]
         # Attention weights sum to 1, so the value bias b_v passes through; the key bias adds the same
         # score to every token of a query row, and softmax ignores it.
-        # Per-head products are batched over the heads ([h, B*K, .]); per-example ones over B.
-        q = self.q(x).view(b, k, h, dh).permute(2, 0, 1, 3).reshape(h, b * k, dh)
-        q_mem = torch.bmm(q * (1.0 / math.sqrt(dh)), w_k.view(h, dh, hid))  # [h, B*K, H]
-        q_mem = q_mem.view(h, b, k, hid).transpose(0, 1).reshape(b, h * k, hid)
-        scores = torch.bmm(q_mem, memory.transpose(1, 2)).masked_fill(~mask[:, None, :], float("-inf"))
-        pooled = torch.bmm(torch.softmax(scores, dim=-1), memory)  # [B, h*K, H]
-        pooled = pooled.view(b, h, k, hid).transpose(0, 1).reshape(h, b * k, hid)
-        o = torch.bmm(pooled, w_v.view(h, dh, hid).transpose(1, 2))  # [h, B*K, dh]
-        o = o.view(h, b, k, dh).permute(1, 2, 0, 3).reshape(b, k, d) + b_v
+        # Per-head products are batched over (stack head, attention head) = [K * h, B * n, .]; per-example
+        # ones over (memory, example) = [km * B, per * h * n, .].
+        q = self.q(x).view(k, b, n, h, dh).permute(0, 3, 1, 2, 4).reshape(k * h, b * n, dh)
+        q_mem = torch.bmm(q * (1.0 / math.sqrt(dh)), w_k.view(k * h, dh, hid))  # [K*h, B*n, H]
+        q_mem = q_mem.view(km, per, h, b, n, hid).permute(0, 3, 1, 2, 4, 5).reshape(km * b, per * h * n, hid)
+        mem = memory.reshape(km * b, t, hid)
+        scores = torch.bmm(q_mem, mem.transpose(1, 2)).view(km, b, -1, t)
+        scores = scores.masked_fill(~mask[None, :, None, :], float("-inf")).view(km * b, -1, t)
+        pooled = torch.bmm(torch.softmax(scores, dim=-1), mem)  # [km*B, per*h*n, H]
+        pooled = pooled.view(km, b, per, h, n, hid).permute(0, 2, 3, 1, 4, 5).reshape(k * h, b * n, hid)
+        o = torch.bmm(pooled, w_v.view(k * h, dh, hid).transpose(1, 2))  # [K*h, B*n, dh]
+        o = o.view(k, h, b, n, dh).permute(0, 2, 3, 1, 4).reshape(k, b, n, d) + b_v[:, None, None, :]
         return self.out(o)
 
 
 class _Block(nn.Module):
     """Pre-LayerNorm block on the label vectors: self-attention, cross-attention to the text, FFN."""
 
-    def __init__(self, width: int, heads: int, ffn_mult: int, dropout: float) -> None:
+    def __init__(self, k: int, width: int, heads: int, ffn_mult: int, dropout: float) -> None:
         super().__init__()
-        self.norm_self = nn.LayerNorm(width)
-        self.norm_cross = nn.LayerNorm(width)
-        self.norm_ffn = nn.LayerNorm(width)
-        self.self_attn = _Attention(width, heads)
-        self.cross_attn = _Attention(width, heads)
+        self.norm_self = LayerNorm(k, width)
+        self.norm_cross = LayerNorm(k, width)
+        self.norm_ffn = LayerNorm(k, width)
+        self.self_attn = _Attention(k, width, heads)
+        self.cross_attn = _Attention(k, width, heads)
         self.ffn = nn.Sequential(
-            nn.Linear(width, ffn_mult * width),
+            Linear(k, width, ffn_mult * width),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(ffn_mult * width, width),
+            Linear(k, ffn_mult * width, width),
         )
         self.drop = nn.Dropout(dropout)
 
@@ -260,14 +311,15 @@ class _Block(nn.Module):
         q: torch.Tensor,
         memory: torch.Tensor,
         mask: torch.Tensor,
-        factored: tuple[nn.LayerNorm, nn.Module] | None = None,
+        factored: tuple[LayerNorm, Linear | None] | None = None,
     ) -> torch.Tensor:
-        """``factored`` = (norm, proj): ``memory`` is [B, T, H], normalised without the norm's affine part,
-        and the text tokens are ``proj(norm(.))`` of it; otherwise ``memory`` is the tokens, [B, T, d]."""
-        # The first block gets the label queries as [1, K, d]: their self-attention is the same for
+        """``factored`` = (norm, proj): ``memory`` is [K or 1, B, T, H], normalised without the norm's
+        affine part, and the text tokens are ``proj(norm(.))`` of it; otherwise ``memory`` is the
+        tokens, [K, B, T, d]."""
+        # The first block gets the label queries as [K, 1, n, d]: their self-attention is the same for
         # every example, so it is computed once and broadcast (dropout still draws per example).
         y = self.norm_self(q)
-        q = q + self.drop(self.self_attn(y, y).expand(len(memory), -1, -1))
+        q = q + self.drop(self.self_attn(y, y).expand(-1, memory.shape[1], -1, -1))
         y = self.norm_cross(q)
         if factored is None:
             q = q + self.drop(self.cross_attn(y, memory, mask))
@@ -276,10 +328,32 @@ class _Block(nn.Module):
         return q + self.drop(self.ffn(self.norm_ffn(q)))
 
 
-class YTuningHead(nn.Module):
+class _Head(nn.Module):
+    """What every stack of heads shares: its config, its size K, the public forward."""
+
+    cfg: HeadConfig
+
+    @property
+    def size(self) -> int:
+        """K, the number of heads in this stack."""
+        return next(self.parameters()).shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = _check_inputs(features, mask, self.cfg.num_layers_in)
+        return self.forward_layers(layer_major(features, self.dtype), mask)
+
+    def forward_layers(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class YTuningHead(_Head):
     """Y-Tuning: learned label queries cross-attend to the (frozen, cached) text token features."""
 
-    def __init__(self, cfg: HeadConfig) -> None:
+    def __init__(self, cfg: HeadConfig, k: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
         h, d = cfg.hidden_in, cfg.width
@@ -289,37 +363,32 @@ class YTuningHead(nn.Module):
             # block i reads layer min(i, L-1); each layer read gets its own LayerNorm.
             self.block_layers = [min(i, cfg.num_layers_in - 1) for i in range(cfg.blocks)]
             layers = sorted(set(self.block_layers))
-            self.norms_in = nn.ModuleList(nn.LayerNorm(h) for _ in layers)
+            self.norms_in = nn.ModuleList(LayerNorm(k, h) for _ in layers)
             self.norm_index = {layer: i for i, layer in enumerate(layers)}
         else:
-            self.mix = LayerMix(cfg.num_layers_in, cfg.layer_mix)
+            self.mix = LayerMix(k, cfg.num_layers_in, cfg.layer_mix)
             self.block_layers = None
-            self.norms_in = nn.ModuleList([nn.LayerNorm(h)])
+            self.norms_in = nn.ModuleList([LayerNorm(k, h)])
             self.norm_index = {0: 0}
-        self.proj = nn.Identity() if h == d else nn.Linear(h, d)
-        self.queries = nn.Parameter(torch.empty(self.num_queries, d))
+        self.proj = None if h == d else Linear(k, h, d)
         # Unit scale, like embeddings: at std 0.02 the label queries start nearly identical, and
         # measured here one seed in three sat at the majority class for all 3 epochs of SST-2.
-        nn.init.normal_(self.queries, std=1.0)
+        self.queries = nn.Parameter(torch.randn(k, self.num_queries, d))
         self.blocks = nn.ModuleList(
-            _Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.blocks)
+            _Block(k, d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.blocks)
         )
-        self.norm_out = nn.LayerNorm(d)
-        self.score = nn.Linear(d, 1)
+        self.norm_out = LayerNorm(k, d)
+        self.score = Linear(k, d, 1)
         # How cross-attention reads the text: "auto" picks the cheaper of "factored" (keys and values
         # folded into the label queries) and "direct" (per-token keys and values). Same function.
         self.attention = "auto"
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.queries.dtype
-
     @torch.no_grad()
     def init_queries(self, vectors: torch.Tensor) -> None:
-        """Initialise the label queries, e.g. from the encoder's embeddings of the label names.
+        """Initialise every head's label queries, e.g. from the encoder's embeddings of the label names.
 
         ``vectors`` is [num_labels, d] (copied as is) or [num_labels, H] in the encoder's space (passed
-        through the head's input LayerNorm and projection).
+        through each head's input LayerNorm and projection).
         """
         n, d, h = self.num_queries, self.cfg.width, self.cfg.hidden_in
         if vectors.dim() != 2 or vectors.shape[0] != n or vectors.shape[1] not in (d, h):
@@ -327,10 +396,11 @@ class YTuningHead(nn.Module):
                 f"Label query vectors must be [{n}, {d}] (head width) or [{n}, {h}] (encoder width), "
                 f"got {list(vectors.shape)}."
             )
-        v = vectors.to(device=self.queries.device, dtype=self.dtype)
-        if v.shape[1] != d:
-            v = self.proj(self.norms_in[0](v))
-        self.queries.copy_(v)
+        v = vectors.to(device=self.queries.device, dtype=self.dtype).unsqueeze(0)
+        if v.shape[-1] != d:
+            v = self.norms_in[0](v)
+            v = v if self.proj is None else self.proj(v)
+        self.queries.copy_(v.expand_as(self.queries))
 
     def _use_factored(self, tokens: int) -> bool:
         """Whether factored cross-attention is cheaper (in multiply-adds) for a batch of ``tokens``."""
@@ -344,119 +414,153 @@ class YTuningHead(nn.Module):
         factored = tokens * cfg.blocks * 2 * cfg.heads * self.num_queries * h + folding
         return factored <= direct
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask = _check_inputs(features, mask, self.cfg.num_layers_in)
-        factored = self._use_factored(features.shape[0] * features.shape[1])
-        q = self.queries.unsqueeze(0)  # [1, K, d]: the first block broadcasts it over the batch
+    def forward_layers(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        factored = self._use_factored(layers.shape[1] * layers.shape[2])
+        q = self.queries.unsqueeze(1)  # [K, 1, n, d]: the first block broadcasts it over the batch
         memories: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             j = 0 if self.block_layers is None else self.block_layers[i]
-            if j not in memories:
-                if self.block_layers is None:
-                    x = self.mix(features, self.dtype)
-                else:
-                    x = features[:, :, j].to(self.dtype)
-                norm = self.norms_in[self.norm_index[j]]
-                if factored:
-                    memories[j] = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
-                else:
-                    memories[j] = self.proj(norm(x))
             norm = self.norms_in[self.norm_index[j]]
+            if j not in memories:
+                x = self.mix(layers) if self.block_layers is None else layers[j : j + 1]
+                if factored:
+                    memories[j] = norm.normalise(x)  # [1, ...] where every head reads the same layer
+                else:
+                    x = norm(x)
+                    memories[j] = x if self.proj is None else self.proj(x)
             q = block(q, memories[j], mask, (norm, self.proj) if factored else None)
-        logits = self.score(self.norm_out(q)).squeeze(-1)  # [B, K]
-        return logits[:, 0] if self.cfg.kind == "regression" else logits
+        scores = self.score(self.norm_out(q)).squeeze(-1)  # [K, B, n]
+        return scores[..., 0] if self.cfg.kind == "regression" else scores
 
 
-class LinearProbe(nn.Module):
+class LinearProbe(_Head):
     """Baseline: layer mix (softmax weights) -> pool (mean over real tokens, or first token) -> LayerNorm -> Linear."""
 
-    def __init__(self, cfg: HeadConfig) -> None:
+    def __init__(self, cfg: HeadConfig, k: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        self.mix = LayerMix(cfg.num_layers_in, cfg.layer_mix)
-        self.norm = nn.LayerNorm(cfg.hidden_in)
-        self.linear = nn.Linear(cfg.hidden_in, cfg.num_labels)
+        self.mix = LayerMix(k, cfg.num_layers_in, cfg.layer_mix)
+        self.norm = LayerNorm(k, cfg.hidden_in)
+        self.linear = Linear(k, cfg.hidden_in, cfg.num_labels)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.linear.weight.dtype
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask = _check_inputs(features, mask, self.cfg.num_layers_in)
+    def forward_layers(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.cfg.pool == "first":
-            pooled = self.mix(features[:, :1], self.dtype)[:, 0]
+            pooled = self.mix(layers[:, :, :1])[:, :, 0]
         else:
-            # Pooling and mixing are both linear; mixing first keeps the float copy at [B, T, H].
-            x = self.mix(features, self.dtype)
-            m = mask.to(self.dtype).unsqueeze(-1)
-            pooled = (x * m).sum(1) / m.sum(1)
-        out = self.linear(self.norm(pooled))
-        return out[:, 0] if self.cfg.kind == "regression" else out
+            # Pooling and mixing are both linear; mixing first keeps the float copy at [K, B, T, H].
+            x = self.mix(layers)
+            m = mask.to(x.dtype)[None, :, :, None]
+            pooled = (x * m).sum(2) / m.sum(2)
+        out = self.linear(self.norm(pooled))  # [K, B, labels]
+        return out[..., 0] if self.cfg.kind == "regression" else out
 
 
-def build_head(cfg: HeadConfig) -> nn.Module:
-    if cfg.head_type == "probe":
-        return LinearProbe(cfg)
-    return YTuningHead(cfg)
+def build_head(cfg: HeadConfig, k: int = 1) -> _Head:
+    """A stack of ``k`` heads of config ``cfg`` (one head by default)."""
+    return (LinearProbe if cfg.head_type == "probe" else YTuningHead)(cfg, k)
+
+
+def stack_key(cfg: HeadConfig) -> tuple:
+    """Heads with equal keys have parameters of equal shapes and run the same code: they can stack.
+    (label_init only decides where the queries start.)"""
+    return tuple(sorted({**cfg.to_dict(), "label_init": None}.items()))
+
+
+def stack_heads(heads: Sequence[_Head]) -> _Head:
+    """One stack holding ``heads`` (stacks of equal shape), each keeping its own parameters."""
+    stack = build_head(heads[0].cfg, sum(h.size for h in heads))
+    for h in heads:
+        if stack_key(h.cfg) != stack_key(stack.cfg):
+            raise ValueError("only heads of one shape stack")
+    states = [h.state_dict() for h in heads]
+    stack.load_state_dict({name: torch.cat([s[name] for s in states]) for name in states[0]})
+    return stack.to(next(heads[0].parameters()).device)
+
+
+def head_state(stack: _Head, i: int) -> dict[str, torch.Tensor]:
+    """Head i's parameters without the head axis: the checkpoint form, as a head of its own has them."""
+    return {name: p[i] for name, p in stack.state_dict().items()}
+
+
+def load_head_state(head: _Head, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a checkpoint-form state into a single head."""
+    head.load_state_dict({name: p.unsqueeze(0) for name, p in state.items()})
 
 
 class HeadBank(nn.Module):
-    """Several named heads trained on the same batch, each on its own selection of the cached layers.
+    """Named heads trained or run on the same batches: heads of one shape that read the same layers
+    form one stack; each stack takes its layers from one layer-major cast of the batch.
 
-    ``layers[name]`` indexes the L axis of the features passed to ``forward``; heads sharing a
-    selection share one gathered tensor (a view when the selection is a contiguous ascending range).
+    ``layers`` index the L axis of the features passed to ``forward``.
     """
 
-    def __init__(self, heads: Mapping[str, tuple[nn.Module, Sequence[int]]] | None = None) -> None:
+    def __init__(self, heads: Mapping[str, tuple[_Head, Sequence[int]]]) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict()
-        self.layers: dict[str, tuple[int, ...]] = {}
-        for name, (head, layers) in (heads or {}).items():
-            self.add(name, head, layers)
-
-    def add(self, name: str, head: nn.Module, layers: Sequence[int]) -> None:
-        if not name or "." in name:
-            raise UserError(f"Head name {name!r} must be non-empty and contain no '.'.")
-        if name in self.heads:
-            raise UserError(f"A head named {name!r} is already in the bank.")
-        layers = tuple(int(i) for i in layers)
-        if not layers:
-            raise UserError(f"Head {name!r} needs at least one layer.")
-        cfg = getattr(head, "cfg", None)
-        if cfg is not None and cfg.num_layers_in != len(layers):
-            raise UserError(
-                f"Head {name!r} expects {cfg.num_layers_in} layer(s) but was given {len(layers)}."
-            )
-        self.heads[name] = head
-        self.layers[name] = layers
+        groups: dict[tuple, list[str]] = {}
+        for name, (head, layers) in heads.items():
+            if not name:
+                raise UserError("Head names must be non-empty.")
+            layers = tuple(int(i) for i in layers)
+            if not layers:
+                raise UserError(f"Head {name!r} needs at least one layer.")
+            if head.cfg.num_layers_in != len(layers):
+                raise UserError(
+                    f"Head {name!r} expects {head.cfg.num_layers_in} layer(s) but was given {len(layers)}."
+                )
+            groups.setdefault((stack_key(head.cfg), layers), []).append(name)
+        self.stacks = nn.ModuleList()
+        self.layers: list[tuple[int, ...]] = []  # per stack
+        self.names: list[list[str]] = []  # per stack, in stack order
+        self.where: dict[str, tuple[int, int]] = {}  # name -> (stack, position in it)
+        for (_, layers), names in groups.items():
+            members = [heads[n][0] for n in names]
+            self.stacks.append(members[0] if len(members) == 1 else stack_heads(members))
+            self.layers.append(layers)
+            self.names.append(names)
+            for i, name in enumerate(names):
+                self.where[name] = (len(self.stacks) - 1, i)
 
     @classmethod
-    def reading(cls, heads: Mapping[str, tuple[nn.Module, Sequence[int]]]) -> tuple[HeadBank, list[int]]:
+    def reading(cls, heads: Mapping[str, tuple[_Head, Sequence[int]]]) -> tuple[HeadBank, list[int]]:
         """A bank of heads that each name the hidden states they read, and the sorted union of
         those layers: the features to feed it ([B, T, len(union), H]), read once for all heads."""
         union = sorted({i for _, layers in heads.values() for i in layers})
         return cls({n: (h, [union.index(i) for i in layers]) for n, (h, layers) in heads.items()}), union
 
-    def forward(
-        self, features: torch.Tensor, mask: torch.Tensor, names: Sequence[str] | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Outputs of the heads ``names`` (default: all), e.g. only those still training."""
+    def head(self, name: str) -> tuple[_Head, int]:
+        """The stack that holds head ``name``, and its position there."""
+        s, i = self.where[name]
+        return self.stacks[s], i
+
+    def forward_stacks(
+        self, features: torch.Tensor, mask: torch.Tensor, stacks: Sequence[int] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Outputs [K, B, ...] of the stacks ``stacks`` (default: all), e.g. only those still training."""
+        stacks = range(len(self.stacks)) if stacks is None else stacks
         n = features.shape[2]
+        major = layer_major(features, next(self.parameters()).dtype)
         selected: dict[tuple[int, ...], torch.Tensor] = {}
-        out: dict[str, torch.Tensor] = {}
-        for name in self.heads if names is None else names:
-            head, layers = self.heads[name], self.layers[name]
+        out = {}
+        for s in stacks:
+            layers = self.layers[s]
             if layers not in selected:
                 if not all(-n <= i < n for i in layers):
-                    raise ValueError(f"head {name!r} selects layers {layers}, features have {n}")
+                    raise ValueError(f"heads {self.names[s]} select layers {layers}, features have {n}")
                 norm = tuple(i % n for i in layers)
                 if norm == tuple(range(norm[0], norm[0] + len(norm))):
-                    selected[layers] = features[:, :, norm[0] : norm[0] + len(norm)]
+                    selected[layers] = major[norm[0] : norm[0] + len(norm)]
                 else:
-                    idx = torch.tensor(norm, device=features.device)
-                    selected[layers] = features.index_select(2, idx)
-            out[name] = head(selected[layers], mask)
+                    selected[layers] = major[list(norm)]
+            out[s] = self.stacks[s].forward_layers(selected[layers], mask)
         return out
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's output, by name."""
+        return {
+            name: out[i]
+            for s, out in self.forward_stacks(features, mask.bool()).items()
+            for i, name in enumerate(self.names[s])
+        }
 
 
 __all__ = [
@@ -467,5 +571,8 @@ __all__ = [
     "LayerMix",
     "HeadBank",
     "build_head",
+    "stack_heads",
+    "head_state",
+    "load_head_state",
     "count_parameters",
 ]

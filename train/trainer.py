@@ -1,11 +1,12 @@
 """Training label heads on a cache: several heads, one read of the stream.
 
-Every batch is read, padded and moved once, then each head takes its own layers from it, computes
-its loss, and steps its own optimizer (AdamW, warm-up then linear decay, gradient clipping). The
-encoder is never loaded. After each epoch every head is evaluated; its best checkpoint is kept;
-a head that stops improving for `patience` epochs stops training while the others go on. The
-state after each epoch is saved, so a killed run continues with `resume=True` and ends with the
-metrics an uninterrupted run would have had.
+Every batch is read, padded, moved and cast once; heads of one shape run as one stack (batched
+products over a head axis), each with its own loss, learning rate and AdamW state (warm-up then
+linear decay, gradient clipping). The encoder is never loaded. After each epoch every head is
+scored on its selection split (the evaluation split, or rows held out of training) and its best
+checkpoint is kept; a head that stops improving for `patience` epochs stops learning while the
+others go on. The state after each epoch is saved, so a killed run continues with `resume=True`
+and ends with the metrics an uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cach
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
 from ytune.train.metrics import compute_metrics
-from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters
+from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters, head_state
+from ytune.train.optim import StackedAdamW
 
 STATE = "state.pt"
 
@@ -57,6 +59,10 @@ class TrainConfig:
     patience: int = 0  # epochs without improvement before a head stops; 0: never
     train_split: str = "train"
     eval_split: str = "validation"
+    # Where each head's best epoch is chosen: "validation" (the evaluation split, GLUE-dev style), or
+    # "holdout": a seeded slice of the training split that no head trains on (see holdout_rows); the
+    # evaluation split is then read once, at the end, for the chosen checkpoints.
+    select_on: str = "validation"
     device: str | None = None
     workers: int = 0  # DataLoader worker processes reading the cache; 0: a prefetch thread
     # Torch threads on CPU. Heads are small: a second thread gained 15% on an idle 2-core machine
@@ -65,16 +71,37 @@ class TrainConfig:
     buffer_size: int = 4096  # shuffle buffer, in examples
     progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.select_on not in SELECT_ON:
+            raise UserError(f"select_on must be one of {', '.join(SELECT_ON)}, not {self.select_on!r}.")
+
+
+SELECT_ON = ("validation", "holdout")
+HOLDOUT = "holdout"  # the name the held-out slice's metrics go by in logs and metrics.json
+
+
+def holdout_rows(rows: int, seed: int, share: float = 0.1, least: int = 300) -> np.ndarray:
+    """The training rows held out to select on: a seeded draw of `share` of them, at least `least`
+    where the split has five times that (so small splits keep 80% to learn from). The same rows for
+    every head of a run and for any rerun with the same seed."""
+    n = min(max(round(share * rows), least), rows // 5)
+    if n < 1:
+        raise UserError(
+            f"a training split of {rows} rows is too small to hold rows out; select on validation."
+        )
+    return np.sort(np.random.default_rng([seed, 0x5E1EC7]).choice(rows, n, replace=False))
+
 
 @dataclass
 class _Run:
-    """A head in training and everything that is its own: optimizer, schedule, best so far."""
+    """A head in training and what is its own: its place in a stack, its best so far."""
 
     info: HeadInfo
-    head: nn.Module
     column: LabelColumn
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
+    stack: int
+    position: int
+    lr: float
+    weight_decay: float
     best: float = -math.inf
     best_epoch: int = -1
     best_metrics: dict = field(default_factory=dict)
@@ -82,18 +109,7 @@ class _Run:
     done: bool = False
     history: list = field(default_factory=list)
 
-    def state(self) -> dict:
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "best": self.best, "best_epoch": self.best_epoch,
-                "best_metrics": self.best_metrics, "stale": self.stale, "done": self.done,
-                "history": self.history}  # fmt: skip
-
-    def load(self, state: dict) -> None:
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        for key in ("best", "best_epoch", "best_metrics", "stale", "done", "history"):
-            setattr(self, key, state[key])
+    STATE = ("best", "best_epoch", "best_metrics", "stale", "done", "history")
 
 
 def default_label(cache: Cache, split: str) -> str:
@@ -120,7 +136,8 @@ def resolve_head_layers(cache: Cache, layers: Sequence[int] | None) -> list[int]
     return out
 
 
-def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, steps: int, device: torch.device) -> _Run:
+def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, _Run]:
+    """A single head, initialised as it would be in a run of its own, and its run record."""
     label = spec.label or default_label(cache, cfg.train_split)
     column = cache.labels(cfg.train_split, label)
     missing = int(
@@ -151,24 +168,17 @@ def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, steps: int, device: t
         )
     info = HeadInfo(spec.name, config, label, column.names, column.metrics, layers, cache.identity.to_dict(),
                     cache.manifest.info)  # fmt: skip
-    # fused: one kernel per parameter instead of a dozen small ops (a step of the default head on CPU:
-    # 39 ms with the default implementation, 34 ms fused).
     lr = next(x for x in (spec.lr, cfg.lr, KIND_DEFAULTS[config.kind]["lr"]) if x is not None)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, fused=True,
-                                  weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)  # fmt: skip
-    warm = max(1, int(cfg.warmup * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-    )
-    return _Run(info, head, column, optimizer, schedule)
+    wd = cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
+    return head, _Run(info, column, -1, -1, lr, wd)
 
 
 def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers: Sequence[int], *, shuffle: bool,
-            epoch: int = 0) -> Iterator[Batch]:  # fmt: skip
-    """The split's batches, from a prefetch thread or from DataLoader worker processes."""
-    args = dict(
-        labels=list(labels), layers=list(layers), shuffle=shuffle, seed=cfg.seed, buffer_size=cfg.buffer_size
-    )
+            epoch: int = 0, keep: np.ndarray | None = None) -> Iterator[Batch]:  # fmt: skip
+    """The split's batches (only the rows `keep` marks, if given), from a prefetch thread or from
+    DataLoader worker processes."""
+    args = dict(labels=list(labels), layers=list(layers), shuffle=shuffle, seed=cfg.seed,
+                buffer_size=cfg.buffer_size, keep=keep)  # fmt: skip
     if cfg.workers <= 0:
         return reader.stream(cfg.batch_size, epoch=epoch, **args)
     dataset = reader.dataset(cfg.batch_size, epoch=epoch, **args)
@@ -179,10 +189,16 @@ def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers
     )
 
 
-def loss_of(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def losses_of(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Each head's mean loss, [K], from a stack's output [K, B, ...] and targets [K, B]."""
     if kind == "regression":
-        return F.mse_loss(output.float(), target.float())
-    return F.cross_entropy(output.float(), target)
+        return (output.float() - target.float()).pow(2).mean(1)
+    k, b = target.shape
+    return (
+        F.cross_entropy(output.float().reshape(k * b, -1), target.reshape(-1), reduction="none")
+        .view(k, b)
+        .mean(1)
+    )
 
 
 def predictions(output: torch.Tensor, kind: str) -> np.ndarray:
@@ -190,61 +206,180 @@ def predictions(output: torch.Tensor, kind: str) -> np.ndarray:
 
 
 def evaluate_bank(bank: HeadBank, kinds: dict[str, str], reader: SplitReader, cfg: TrainConfig,
-                  layers: Sequence[int], device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
-    """Every head's predictions over a split, in source row order, from one read of it."""
+                  layers: Sequence[int], device: torch.device, keep: np.ndarray | None = None,
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    """Every head's predictions over a split (the rows `keep` marks), in source row order, from one
+    read of it."""
     bank.eval()
+    stacks = sorted({bank.where[name][0] for name in kinds})
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in kinds}
     rows = []
     with torch.inference_mode():
-        for batch in batches(reader, cfg, [], layers, shuffle=False):
+        for batch in batches(reader, cfg, [], layers, shuffle=False, keep=keep):
             batch = batch.to(device)
             with _autocast(device):
-                for name, out in bank(batch.features, batch.mask, names=list(kinds)).items():
-                    outputs[name].append(predictions(out, kinds[name]))
+                outs = bank.forward_stacks(batch.features, batch.mask, stacks)
+            for name in kinds:
+                s, i = bank.where[name]
+                outputs[name].append(predictions(outs[s][i], kinds[name]))
             rows.append(batch.rows.cpu().numpy())
     order = np.argsort(np.concatenate(rows))
     return {name: np.concatenate(o)[order] for name, o in outputs.items()}, np.concatenate(rows)[order]
 
 
+def _schedule(step: int, steps: int, warmup: float) -> float:
+    """The learning rate's factor at `step`: linear warm-up, then linear decay to 0."""
+    warm = max(1, int(warmup * steps))
+    return min((step + 1) / warm, max(0.0, (steps - step) / max(1, steps - warm)))
+
+
+class _Training:
+    """One run: the heads, stacked into a bank, their optimizers, the data, and where they are."""
+
+    def __init__(self, cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, out: Path,
+                 log) -> None:  # fmt: skip
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UserError(f"head names must differ: {', '.join(names)}.")
+        self.cfg, self.out, self.log, self.specs = cfg, out, log, specs
+        self.cache = cache = open_cache(cache_path)
+        self.reader, self.eval_reader = cache.split(cfg.train_split), cache.split(cfg.eval_split)
+        self.device = _device(cfg)
+        built = {s.name: _build(cache, s, cfg, self.device) for s in specs}
+        self.runs = {name: run for name, (_, run) in built.items()}
+        self.bank, union = HeadBank.reading({n: (h, r.info.layers) for n, (h, r) in built.items()})
+        self.stream_layers = [list(cache.identity.layers).index(i) for i in union]
+        for name, r in self.runs.items():
+            r.stack, r.position = self.bank.where[name]
+        self.members = [[self.runs[n] for n in names] for names in self.bank.names]
+        self.optimizers = [
+            StackedAdamW(stack, [r.lr for r in runs], [r.weight_decay for r in runs])
+            for stack, runs in zip(self.bank.stacks, self.members, strict=True)
+        ]
+        # Rows of the training split: all of them, or all but the held-out slice to select on.
+        n = len(self.reader)
+        self.keep_train = self.keep_select = None
+        if cfg.select_on == HOLDOUT:
+            self.keep_select = np.zeros(n, dtype=bool)
+            self.keep_select[holdout_rows(n, cfg.seed)] = True
+            self.keep_train = ~self.keep_select
+        self.train_rows = n if self.keep_train is None else int(self.keep_train.sum())
+        self.batches_per_epoch = math.ceil(self.train_rows / cfg.batch_size)
+        self.steps = cfg.epochs * self.batches_per_epoch
+        self.step = 0
+        self.encoder_params = int(cache.manifest.info.get("encoder_parameters", 0))
+
+    def describe(self) -> None:
+        for name, r in self.runs.items():
+            n = self.parameters(name)
+            share = f" ({100 * n / self.encoder_params:.2f}% of the encoder's {self.encoder_params / 1e6:.1f}M)" \
+                if self.encoder_params else ""  # fmt: skip
+            self.log(
+                f"head {name}: {r.info.config.head_type}, {n} tunable parameters{share}, layers {r.info.layers}"
+            )
+        if self.keep_select is not None:
+            self.log(
+                f"selecting on {int(self.keep_select.sum())} held-out training rows; training on {self.train_rows}"
+            )
+
+    def parameters(self, name: str) -> int:
+        stack, _ = self.bank.head(name)
+        return count_parameters(stack) // stack.size
+
+    def state(self, epoch: int) -> dict:
+        return {"epoch": epoch, "step": self.step, "stacks": [s.state_dict() for s in self.bank.stacks],
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "runs": {n: {k: getattr(r, k) for k in _Run.STATE} for n, r in self.runs.items()},
+                "rng": torch.get_rng_state(), "config": _config_key(self.specs, self.cfg)}  # fmt: skip
+
+    def resume(self) -> int:
+        """Load the state after the last finished epoch; returns the epoch to start at."""
+        path = self.out / STATE
+        state = torch.load(path, weights_only=False)
+        if (
+            "runs" not in state
+            or sorted(state["runs"]) != sorted(self.runs)
+            or state["config"] != _config_key(self.specs, self.cfg)
+        ):
+            raise UserError(f"{path} was saved by a run with other heads or settings; use another --out.")  # fmt: skip
+        for stack, saved in zip(self.bank.stacks, state["stacks"], strict=True):
+            stack.load_state_dict(saved)
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for name, r in self.runs.items():
+            for key in _Run.STATE:
+                setattr(r, key, state["runs"][name][key])
+        torch.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.log(f"resuming after epoch {state['epoch']} from {path}")
+        return state["epoch"] + 1
+
+    def train_epoch(self, epoch: int, active: list[str]) -> tuple[dict[str, float], int, float]:
+        """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
+        cfg, runs = self.cfg, self.runs
+        stacks = sorted({runs[n].stack for n in active})
+        on = [[not r.done for r in self.members[s]] for s in range(len(self.members))]
+        start, seen = time.perf_counter(), 0
+        sums = {s: torch.zeros(len(self.members[s])) for s in stacks}
+        self.bank.train()
+        stream = batches(self.reader, cfg, sorted({runs[n].info.label for n in active}), self.stream_layers,
+                         shuffle=True, epoch=epoch, keep=self.keep_train)  # fmt: skip
+        bar = tqdm(stream, total=self.batches_per_epoch, desc=f"epoch {epoch}", unit="batch", file=sys.stderr,
+                   disable=not cfg.progress if cfg.progress is not None else None, leave=False)  # fmt: skip
+        for batch in bar:
+            batch = batch.to(self.device, non_blocking=True)
+            with _autocast(self.device):
+                outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
+            total = 0
+            for s, output in outputs.items():
+                members = self.members[s]
+                targets = torch.stack([batch.labels[r.info.label] for r in members])
+                losses = losses_of(output, targets, members[0].column.kind)
+                mask = torch.tensor(on[s], dtype=losses.dtype, device=losses.device)
+                total = total + (losses * mask).sum()  # heads stopped early learn nothing more
+                sums[s] += losses.detach().cpu() * len(batch.rows)
+            total.backward()  # heads share no parameters: each gets exactly its own gradient
+            factor = _schedule(self.step, self.steps, cfg.warmup)
+            for s in stacks:
+                self.optimizers[s].step(factor, on[s], cfg.clip)
+                self.optimizers[s].zero_grad()
+            self.step += 1
+            seen += len(batch.rows)
+        losses = {n: float(sums[runs[n].stack][runs[n].position]) / max(seen, 1) for n in active}
+        return losses, seen, time.perf_counter() - start
+
+    def predict(self, active: Sequence[str], select: bool) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+        """Predictions of the active heads on the split they are selected on (or the evaluation split)."""
+        kinds = {n: self.runs[n].column.kind for n in active}
+        if select and self.keep_select is not None:
+            p, rows = evaluate_bank(self.bank, kinds, self.reader, self.cfg, self.stream_layers, self.device,
+                                    keep=self.keep_select)  # fmt: skip
+            return p, rows, HOLDOUT
+        p, rows = evaluate_bank(self.bank, kinds, self.eval_reader, self.cfg, self.stream_layers, self.device)
+        return p, rows, self.cfg.eval_split
+
+    def labels(self, name: str, split: str) -> np.ndarray:
+        r = self.runs[name]
+        return (
+            r.column.values
+            if split == HOLDOUT
+            else self.cache.labels(self.cfg.eval_split, r.info.label).values
+        )
+
+    def save(self, name: str) -> None:
+        stack, i = self.bank.head(name)
+        save_head(self.out / name, head_state(stack, i), self.runs[name].info)
+
+
 def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, out: str | Path,
           resume: bool = False, log=print) -> dict[str, dict]:  # fmt: skip
-    """Train every head in `specs` on one stream of the cache; returns each head's best eval metrics."""
+    """Train every head in `specs` on one stream of the cache; returns each head's metrics on the
+    evaluation split at its best epoch (chosen on cfg.select_on)."""
     out = Path(out)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise UserError(f"head names must differ: {', '.join(names)}.")
-    cache = open_cache(cache_path)
-    reader, eval_reader = cache.split(cfg.train_split), cache.split(cfg.eval_split)
-    device = _device(cfg)
-    steps = cfg.epochs * math.ceil(len(reader) / cfg.batch_size)
-    runs = {s.name: _build(cache, s, cfg, steps, device) for s in specs}
-    bank, union = HeadBank.reading({n: (r.head, r.info.layers) for n, r in runs.items()})
-    cached = list(cache.identity.layers)
-    eval_labels = {n: cache.labels(cfg.eval_split, r.info.label).values for n, r in runs.items()}
-    encoder_params = int(cache.manifest.info.get("encoder_parameters", 0))
-    for name, r in runs.items():
-        n = count_parameters(r.head)
-        share = (
-            f" ({100 * n / encoder_params:.2f}% of the encoder's {encoder_params / 1e6:.1f}M)"
-            if encoder_params
-            else ""
-        )
-        log(f"head {name}: {r.info.config.head_type}, {n} tunable parameters{share}, layers {r.info.layers}")
-
-    first_epoch = 0
-    if resume and (out / STATE).exists():
-        state = torch.load(out / STATE, weights_only=False)
-        if sorted(state["heads"]) != sorted(runs) or state["config"] != _config_key(specs, cfg):
-            raise UserError(
-                f"{out / STATE} was saved by a run with other heads or settings; use another --out."
-            )
-        for name, r in runs.items():
-            r.load(state["heads"][name])
-        torch.set_rng_state(state["rng"])
-        first_epoch = state["epoch"] + 1
-        log(f"resuming after epoch {state['epoch']} from {out / STATE}")
-
-    stream_layers = [cached.index(i) for i in union]
+    run = _Training(cache_path, specs, cfg, out, log)
+    run.describe()
+    runs = run.runs
+    first_epoch = run.resume() if resume and (out / STATE).exists() else 0
     if first_epoch == 0:
         for name in runs:
             (out / name).mkdir(parents=True, exist_ok=True)
@@ -253,62 +388,38 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
         active = [n for n, r in runs.items() if not r.done]
         if not active:
             break
-        start, seen, losses = time.perf_counter(), 0, {n: 0.0 for n in active}
-        bank.train()
-        bar = tqdm(batches(reader, cfg, sorted({runs[n].info.label for n in active}), stream_layers, shuffle=True, epoch=epoch),
-                   total=math.ceil(len(reader) / cfg.batch_size), desc=f"epoch {epoch}", unit="batch",
-                   disable=not cfg.progress if cfg.progress is not None else None, file=sys.stderr, leave=False)  # fmt: skip
-        for batch in bar:
-            batch = batch.to(device, non_blocking=True)
-            with _autocast(device):
-                outputs = bank(batch.features, batch.mask, names=active)
-            total = 0
-            for name, output in outputs.items():
-                r = runs[name]
-                loss = loss_of(output, batch.labels[r.info.label], r.column.kind)
-                losses[name] += float(loss.detach()) * len(batch.rows)
-                total = total + loss
-            total.backward()  # heads share no parameters: each gets exactly its own gradient
-            for name in active:
-                r = runs[name]
-                nn.utils.clip_grad_norm_(r.head.parameters(), cfg.clip, foreach=True)
-                r.optimizer.step()
-                r.optimizer.zero_grad(set_to_none=True)
-                r.schedule.step()
-            seen += len(batch.rows)
-        train_seconds = time.perf_counter() - start
-        preds, rows = evaluate_bank(
-            bank, {n: runs[n].column.kind for n in active}, eval_reader, cfg, stream_layers, device
-        )
+        losses, seen, seconds = run.train_epoch(epoch, active)
+        preds, rows, split = run.predict(active, select=True)
         for name in active:
             r = runs[name]
-            metrics = compute_metrics(r.info.metrics, preds[name], eval_labels[name][rows])
-            entry = {"epoch": epoch, "loss": losses[name] / max(seen, 1), **{f"{cfg.eval_split}_{k}": v for k, v in metrics.items()},
-                     "seconds": train_seconds, "examples_per_s": seen / train_seconds}  # fmt: skip
+            metrics = compute_metrics(r.info.metrics, preds[name], run.labels(name, split)[rows])
+            entry = {"epoch": epoch, "loss": losses[name], **{f"{split}_{k}": v for k, v in metrics.items()},
+                     "seconds": seconds, "examples_per_s": seen / seconds}  # fmt: skip
             r.history.append(entry)
             score = metrics[r.info.metrics[0]]
             if score > r.best:
                 r.best, r.best_epoch, r.best_metrics, r.stale = score, epoch, metrics, 0
-                save_head(out / name, r.head, r.info)
+                run.save(name)
             else:
                 r.stale += 1
                 r.done = bool(cfg.patience) and r.stale >= cfg.patience
             log(json.dumps({"head": name, **entry}))
             with open(out / name / "log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        torch.save({"epoch": epoch, "heads": {n: r.state() for n, r in runs.items()}, "rng": torch.get_rng_state(),
-                    "config": _config_key(specs, cfg)}, out / f".{STATE}.tmp")  # fmt: skip
+        torch.save(run.state(epoch), out / f".{STATE}.tmp")
         (out / f".{STATE}.tmp").replace(out / STATE)
 
-    results = {}
+    final = {n: r.best_metrics for n, r in runs.items()}
+    if cfg.select_on == HOLDOUT:  # the chosen checkpoints, scored once on the evaluation split
+        final = evaluate([out / n for n in runs], run.cache.path, cfg.eval_split, cfg)
     for name, r in runs.items():
-        n = count_parameters(r.head)
-        summary = {"best_epoch": r.best_epoch, cfg.eval_split: r.best_metrics, "tunable_parameters": n,
-                   "encoder_parameters": encoder_params, "history": r.history}  # fmt: skip
+        summary = {"best_epoch": r.best_epoch, "selected_on": HOLDOUT if cfg.select_on == HOLDOUT else cfg.eval_split,
+                   "selection": r.best_metrics, cfg.eval_split: final[name], "lr": r.lr, "weight_decay": r.weight_decay,
+                   "tunable_parameters": run.parameters(name),
+                   "encoder_parameters": run.encoder_params, "history": r.history}  # fmt: skip
         (out / name / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
         plot_curves(r.history, out / name / "curves.png", name)
-        results[name] = r.best_metrics
-    return results
+    return final
 
 
 def _config_key(specs: Sequence[HeadSpec], cfg: TrainConfig) -> str:
@@ -368,6 +479,8 @@ def evaluate(
     loaded = {}
     for d in head_dirs:
         head, info = load_head(d)
+        if info.name in loaded:
+            raise UserError(f"two of the heads are named {info.name!r}; evaluate them one at a time.")
         loaded[info.name] = (head.to(device), info, info.positions(cache.identity, f"cache {cache.path}"))
     bank, union = HeadBank.reading({n: (h, ps) for n, (h, _, ps) in loaded.items()})
     kinds = {n: info.config.kind for n, (_, info, _) in loaded.items()}

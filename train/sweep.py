@@ -1,0 +1,212 @@
+"""Sweeps: a grid of head settings trained as the heads of one pass, the winner chosen honestly.
+
+`--sweep lr=2e-4,5e-4 --sweep width=256,384` trains the product of the values as heads named after
+their settings (`lr=2e-4,width=256`, ...), on top of the base settings the other flags give. By
+default each head's best epoch and the winning head are chosen on a seeded slice of the training
+rows that no head trains on (trainer.holdout_rows); only the winner's score on the evaluation split
+is the sweep's result, so a small validation split (RTE: 277 rows) cannot flatter it. Beside the
+heads: sweep.json (every head's settings and scores), a table, a plot, and the winner's name, which
+`ytune eval` and `ytune predict` follow when given the sweep's folder.
+
+The same parsers read `--head KEY=VALUE,...`, so a setting means the same wherever it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ytune.errors import UserError
+from ytune.train.model import HeadConfig
+from ytune.train.trainer import HOLDOUT, HeadSpec, TrainConfig, train
+
+SWEEP_FILE = "sweep.json"
+# Settings of a head that the cache decides, not the user.
+_FROM_CACHE = {"kind", "num_labels", "num_layers_in", "hidden_in"}
+
+
+def _setting_types() -> dict[str, type]:
+    """Every head setting and the type its values parse to, read off HeadSpec and HeadConfig."""
+    types = {}
+    for f in [*dataclasses.fields(HeadSpec), *dataclasses.fields(HeadConfig)]:
+        if f.name in _FROM_CACHE or f.name == "config":
+            continue
+        hint = str(f.type)
+        types[f.name] = (
+            list if f.name == "layers" else float if "float" in hint else int if "int" in hint else str
+        )
+    return types
+
+
+SETTINGS = _setting_types()
+
+
+def parse_layers(text: str) -> list[int]:
+    """Hidden states: `-1`; a range `-4:-1` (both ends included); a list `0+3+6`."""
+    out: list[int] = []
+    try:
+        for part in text.split("+"):
+            a, colon, b = part.partition(":")
+            first, last = int(a), int(b) if colon else int(a)
+            if (first < 0) != (last < 0) or first > last:
+                raise ValueError
+            out += range(first, last + 1)
+    except ValueError:
+        raise UserError(f"layers {text!r}: write one index (-1), a range with both ends of one sign (-4:-1), "
+                        "or indices joined by + (0+3+6).") from None  # fmt: skip
+    return out
+
+
+def parse_value(key: str, text: str):
+    """One head setting's value, typed; one sentence if it is not a setting or not a value of it."""
+    if key not in SETTINGS:
+        raise UserError(f"unknown head setting {key!r}; settings are: {', '.join(sorted(SETTINGS))}.")
+    kind = SETTINGS[key]
+    if kind is list:
+        return parse_layers(text)
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(
+            f"head setting {key}={text!r} is not {'a number' if kind is float else 'an integer'}."
+        ) from None
+
+
+def with_settings(spec: HeadSpec, settings: Mapping[str, str], name: str | None = None) -> HeadSpec:
+    """`spec` with settings (as typed on the command line) applied over it."""
+    fields = {f.name for f in dataclasses.fields(HeadSpec)}
+    top, config = {}, dict(spec.config)
+    for key, text in settings.items():
+        value = parse_value(key, text)
+        if key in fields:
+            top[key] = value
+        else:
+            config[key] = value
+    return dataclasses.replace(spec, **top, config=config, **({"name": name} if name else {}))
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """`KEY=VALUE,KEY=VALUE` (a --head) -> {key: value text}."""
+    pairs = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not value:
+            raise UserError(
+                f"--head takes KEY=VALUE pairs with keys {', '.join(sorted(SETTINGS))}; got {item!r}."
+            )
+        pairs[key] = value
+    return pairs
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """`--sweep KEY=V1,V2,...` (repeatable) -> {key: [value texts]}, each value checked now."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        texts = [v for v in values.split(",") if v]
+        if not eq or not texts:
+            raise UserError(f"--sweep takes KEY=V1,V2,...; got {item!r}.")
+        if key == "name":
+            raise UserError("--sweep cannot sweep names: each head is named after its settings.")
+        if key in grid:
+            raise UserError(f"--sweep {key} is given twice; list all its values in one --sweep.")
+        for text in texts:
+            parse_value(key, text)
+        if len(set(texts)) != len(texts):
+            raise UserError(f"--sweep {key} lists a value twice: {values}.")
+        grid[key] = texts
+    return grid
+
+
+def expand(base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]]) -> list[tuple[HeadSpec, dict]]:
+    """Every base head with every combination of the grid's values, named after them; with each,
+    the grid's settings it has."""
+    heads = []
+    for spec in base:
+        for values in itertools.product(*grid.values()):
+            settings = dict(zip(grid, values, strict=True))
+            name = ",".join(f"{k}={v}" for k, v in settings.items())
+            heads.append(
+                (with_settings(spec, settings, name if len(base) == 1 else f"{spec.name},{name}"), settings)
+            )
+    return heads
+
+
+def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]], cfg: TrainConfig,
+          out: str | Path, resume: bool = False, log=print) -> dict:  # fmt: skip
+    """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics."""
+    out = Path(out)
+    grown = expand(base, grid)
+    start = time.perf_counter()
+    results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume, log=log)
+    seconds = time.perf_counter() - start
+    heads = []
+    for spec, settings in grown:
+        m = json.loads((out / spec.name / "metrics.json").read_text())
+        metric = next(iter(m["selection"]))
+        heads.append({"name": spec.name, "settings": settings,
+                      "metric": metric, "selection": m["selection"][metric], "evaluation": results[spec.name][metric],
+                      "best_epoch": m["best_epoch"], "parameters": m["tunable_parameters"],
+                      "seconds": round(sum(h["seconds"] for h in m["history"]), 2)})  # fmt: skip
+    if len({h["metric"] for h in heads}) > 1:
+        raise UserError("the swept heads learn labels scored by different metrics: there is no one winner.")
+    winner = max(heads, key=lambda h: h["selection"])  # the first of equals: grid order decides ties
+    selected_on = HOLDOUT if cfg.select_on == HOLDOUT else cfg.eval_split
+    report = {"winner": winner["name"], "selected_on": selected_on, "eval_split": cfg.eval_split,
+              "metric": winner["metric"], "grid": dict(grid), "seconds": round(seconds, 2), "heads": heads}  # fmt: skip
+    (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    print(format_table(report), file=sys.stderr)
+    plot_sweep(report, out / "sweep.png")
+    return {"winner": winner["name"], "settings": winner["settings"], "selected_on": selected_on,
+            "selection": json.loads((out / winner["name"] / "metrics.json").read_text())["selection"],
+            cfg.eval_split: results[winner["name"]]}  # fmt: skip
+
+
+def format_table(report: dict) -> str:
+    metric, on, split = report["metric"], report["selected_on"], report["eval_split"]
+    rows = sorted(report["heads"], key=lambda h: -h["selection"])
+    width = max(len(h["name"]) for h in rows)
+    lines = [f"{'head':<{width}}  {on + ' ' + metric:>20}  {split + ' ' + metric:>22}  epoch  parameters"]
+    for h in rows:
+        mark = "  <- winner" if h["name"] == report["winner"] else ""
+        lines.append(f"{h['name']:<{width}}  {h['selection']:>20.4f}  {h['evaluation']:>22.4f}  "
+                     f"{h['best_epoch']:>5}  {h['parameters']:>10,}{mark}")  # fmt: skip
+    lines.append(f"{len(rows)} heads in one pass, {report['seconds']:.0f} s; chosen on {on}.")
+    return "\n".join(lines)
+
+
+def plot_sweep(report: dict, path: Path) -> None:
+    """The selection metric of every head over the grid, the winner in another colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = report["heads"]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(heads)))
+    colours = ["tab:orange" if h["name"] == report["winner"] else "tab:blue" for h in heads]
+    ax.barh(range(len(heads)), [h["selection"] for h in heads], color=colours)
+    ax.set_yticks(range(len(heads)), [h["name"] for h in heads], fontsize=7)
+    ax.invert_yaxis()
+    lo = min(h["selection"] for h in heads)
+    ax.set_xlim(left=lo - 0.1 * (max(h["selection"] for h in heads) - lo + 1e-3))
+    ax.set(xlabel=f"{report['metric']} on {report['selected_on']}", title="sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def winner_dir(directory: Path) -> Path:
+    """A sweep's folder stands for its winner's head folder; any other folder for itself."""
+    file = directory / SWEEP_FILE
+    if (directory / "config.json").exists() or not file.is_file():
+        return directory
+    try:
+        return directory / json.loads(file.read_text())["winner"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{file} is damaged: it does not name the sweep's winner.") from None
