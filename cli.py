@@ -123,14 +123,14 @@ def load_dataset_args(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from ytune.extract.pipeline import ExtractConfig, extract
+    from ytune.extract.pipeline import DEFAULT_LAYERS, ExtractConfig, extract
 
     dataset = load_dataset_args(args)
     if args.data and args.split:
         dataset.splits = {s: dataset.splits[s] for s in args.split if s in dataset.splits}
     cfg = ExtractConfig(
         model=args.model,
-        layers=[i for group in args.layers for i in group],
+        layers=[i for group in args.layers for i in group] if args.layers else DEFAULT_LAYERS,
         max_length=args.max_length,
         dtype=args.dtype,
         backend=args.backend,
@@ -278,9 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         type=int_list,
         nargs="+",
-        default=[[-1]],
-        help="hidden states to cache, transformers' "
-        "numbering (0 = embeddings, -1 = last): --layers -2 -1, or --layers=-2,-1 (default: -1)",
+        help="hidden states to cache, transformers' numbering (0 = embeddings, -1 = last): --layers -2 -1, or "
+        "--layers=-2,-1 (default: the last four, -4 -3 -2 -1, which the heads' defaults were measured on)",
     )
     enc.add_argument(
         "--max-length", type=int, default=128, help="tokens per row, longer rows truncated (default: 128)"
@@ -342,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     head.add_argument("--width", type=int, help="head width (default: 384; regression 256)")
     head.add_argument("--blocks", type=int, help="label-attention blocks (default: 2; regression 1)")
-    head.add_argument("--heads", type=int, help="attention heads (default: 6; regression 4)")
+    head.add_argument("--heads", type=int, help="attention heads (default: width // 64: 6 at 384, 4 at 256)")
     head.add_argument("--dropout", type=float, help="(default: 0.1)")
     head.add_argument("--layer-mix", choices=["softmax", "ladder", "last"], help="(default: softmax)")
     head.add_argument("--pool", choices=["mean", "first"], help="probe pooling (default: mean)")

@@ -16,8 +16,6 @@ from ytune.extract.data import load_glue
 from ytune.extract.pipeline import ExtractConfig, extract
 from ytune.train.trainer import HeadSpec, TrainConfig, train
 
-DEMO_LAYERS = (-4, -3, -2, -1)
-
 
 def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train_rows: int | None = 20000,
              epochs: int = 3, log=print) -> dict:  # fmt: skip
@@ -27,7 +25,7 @@ def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train
     log(
         f"extracting SST-2 ({len(data.splits['train'])} training rows, {len(data.splits['validation'])} validation rows)"
     )
-    result = extract(data, ExtractConfig(layers=DEMO_LAYERS, cache_dir=cache_dir))
+    result = extract(data, ExtractConfig(cache_dir=cache_dir))
     reused = result.rows == 0
     log(f"cache {result.path}: " + ("reused, nothing extracted" if reused else result.summary()))
     start = time.perf_counter()

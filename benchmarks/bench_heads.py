@@ -1,107 +1,121 @@
 """K heads in one pass against one head: training seconds per epoch, from the same cache.
 
-The read, shuffle, padding and transfer of every batch is paid once whatever K (measured alone: the
-K = 0 row); what grows with K is each head's own forward, backward and optimizer step. Reported as
-the ratio to K = 1 (the issue's goal: 8 heads in at most 2.5x the time of one), beside the floor
-that sharing the read alone allows: (read + K x one head's compute) / one-head epoch.
+The read, shuffle, padding, transfer and cast of every batch is paid once whatever K (measured
+alone: the K = 0 row); heads of one shape run as one stack (parameters with a head axis, batched
+products, one optimizer per stack), so what grows with K is the heads' own arithmetic and their
+weight-sized gradient and optimizer traffic. Reported as the ratio to K = 1, with each run's peak
+RSS. Every measurement runs in a process of its own (allocator settings are per process), the K
+values interleaved round by round so a slow moment of a shared machine hits them alike.
 
-    python benchmarks/bench_heads.py --quick                 # builds a 4,000-row SST-2 cache first
-    python benchmarks/bench_heads.py --cache PATH --ks 1,4,8,16
+`--baseline SRC` also times one head with another checkout of ytune (e.g. a git worktree of the
+last release) in the same rounds: "one head no slower than before" is then a ratio of one run.
+
+    python benchmarks/bench_heads.py --quick                 # builds a 2,000-row SST-2 cache first
+    python benchmarks/bench_heads.py --cache PATH --ks 1,8,16,64 --baseline ../old
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import environment, markdown_table, write_json
 
-from ytune.cache.reader import open_cache
-from ytune.extract.data import load_glue
-from ytune.extract.pipeline import ExtractConfig, extract
-from ytune.train.trainer import HeadSpec, TrainConfig, batches, default_label, train
+HERE = Path(__file__).resolve().parent
 
 
 def build_cache(rows: int, glue: str, root: str) -> Path:
+    from ytune.extract.data import load_glue
+    from ytune.extract.pipeline import ExtractConfig, extract
+
     data = load_glue("sst2", ["train", "validation"], glue, limit=rows)
     return extract(data, ExtractConfig(layers=(-4, -3, -2, -1), cache_dir=root, progress=False)).path
 
 
-def read_seconds(path: Path) -> float:
-    """One epoch of the stream alone (read, shuffle, pad, collate): what one pass shares among heads."""
-    cfg, cache = TrainConfig(), open_cache(path)
-    layers = list(range(len(cache.identity.layers)))
-    labels = [default_label(cache, cfg.train_split)]
-    start = time.perf_counter()
-    for _ in batches(cache.split(cfg.train_split), cfg, labels, layers, shuffle=True):
-        pass
-    return time.perf_counter() - start
+def child(cache: str, k: int, out: str) -> None:
+    """One measurement, in this process: K default heads (learning rates apart) for one epoch; K = 0
+    is the stream alone. Prints {"seconds", "rss_mb"}."""
+    from ytune.cache.reader import open_cache
+    from ytune.train.trainer import HeadSpec, TrainConfig, batches, default_label, train
+
+    cfg = TrainConfig(epochs=1)
+    if k == 0:
+        c = open_cache(cache)
+        start = time.perf_counter()
+        for _ in batches(c.split("train"), cfg, [default_label(c, "train")], list(range(len(c.identity.layers))),
+                         shuffle=True):  # fmt: skip
+            pass
+        seconds = time.perf_counter() - start
+    else:
+        specs = [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)]
+        train(cache, specs, cfg, out, log=lambda m: None)
+        seconds = json.loads((Path(out) / "h0" / "metrics.json").read_text())["history"][0]["seconds"]
+    print(
+        json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    )
 
 
-def epoch_seconds(cache: Path, k: int, head_type: str, out: str) -> float:
-    specs = [HeadSpec(f"h{i}", config={"head_type": head_type}, lr=1e-3 * (1 + i / 16)) for i in range(k)]
-    train(cache, specs, TrainConfig(epochs=1), out, log=lambda m: None)
-    return json.loads((Path(out) / "h0" / "metrics.json").read_text())["history"][0]["seconds"]
+def measure(cache: Path, k: int, out: str, source: Path | None = None) -> dict:
+    """`child` in a fresh process; with `source`, importing ytune from that checkout instead."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if source is not None:  # a folder whose `ytune` is the other checkout, first on the path
+        shim = Path(out).parent / "baseline-path"
+        shim.mkdir(parents=True, exist_ok=True)
+        if not (shim / "ytune").exists():
+            (shim / "ytune").symlink_to(source.resolve())
+        env["PYTHONPATH"] = f"{shim}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    run = subprocess.run([sys.executable, str(HERE / "bench_heads.py"), "--child", str(k), "--cache", str(cache),
+                          "--out", out], capture_output=True, text=True, env=env, cwd=Path(out).parent)  # fmt: skip
+    if run.returncode:
+        sys.exit(f"measurement K={k} failed:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", help="an existing cache with a train and a validation split")
-    p.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
-    p.add_argument("--rows", type=int, default=4000, help="training rows of the cache built without --cache")
-    p.add_argument("--ks", default="1,4,8,16")
-    p.add_argument("--head-type", default="ytuning")
+    p.add_argument("--glue", default=str(HERE.parents[1] / "shared/data/glue"))
+    p.add_argument("--rows", type=int, default=2000, help="training rows of the cache built without --cache")
+    p.add_argument("--ks", default="1,8,16")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="1,4,8 heads, 2 repeats, 2,000 rows")
+    p.add_argument("--baseline", type=Path, help="another ytune checkout to time one head with, side by side")
+    p.add_argument("--quick", action="store_true", help="K = 1 and 8, 2 repeats")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    ks = [1, 4, 8] if a.quick else [int(k) for k in a.ks.split(",")]
+    if a.child is not None:
+        return child(a.cache, a.child, a.out)
+    ks = [1, 8] if a.quick else [int(k) for k in a.ks.split(",")]
     repeats = 2 if a.quick else a.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(a.cache) if a.cache else build_cache(2000 if a.quick else a.rows, a.glue, tmp + "/cache")
-        runs: dict[int, list[float]] = {k: [] for k in ks}
-        reads: list[float] = []
-        for r in range(repeats):  # interleaved, so a slow moment of a shared machine hits every K alike
-            reads.append(read_seconds(cache))
-            for k in ks:
-                runs[k].append(epoch_seconds(cache, k, a.head_type, f"{tmp}/run-{k}-{r}"))
-    base, read = statistics.median(runs[ks[0]]), statistics.median(reads)
-    head = base - read  # one head's own forward, backward and optimizer step per epoch
-    rows = [["0 (the stream alone)", f"{read:.2f}", f"{read / base:.2f}x", "-", "-"]]
+        cache = Path(a.cache) if a.cache else build_cache(a.rows, a.glue, tmp + "/cache")
+        contenders = [("0", 0, None), *[(str(k), k, None) for k in ks]]
+        if a.baseline:
+            contenders.append(("1, baseline", 1, a.baseline))
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+        for r in range(repeats):
+            for name, k, source in contenders:
+                runs[name].append(measure(cache, k, f"{tmp}/run-{name}-{r}".replace(", ", "-"), source))
+                print(f"round {r}: K={name}: {runs[name][-1]}", file=sys.stderr)
+    med = {name: statistics.median(x["seconds"] for x in v) for name, v in runs.items()}
+    rss = {name: max(x["rss_mb"] for x in v) for name, v in runs.items()}
+    base = med["1"]
+    rows = [["0 (the stream alone)", f"{med['0']:.2f}", f"{med['0'] / base:.2f}x", f"{rss['0']:.0f}"]]
     rows += [
-        [k, f"{statistics.median(runs[k]):.2f}", f"{statistics.median(runs[k]) / base:.2f}x",
-         f"{(read + k * head) / base:.2f}x", f"{k}x"]
-        for k in ks
-    ]  # fmt: skip
-    print(
-        markdown_table(
-            [
-                "heads in one pass",
-                "median s/epoch",
-                "vs 1 head",
-                "floor: shared read + K heads' compute",
-                "K separate runs",
-            ],
-            rows,
-        )
-    )
-    print(
-        f"\nthe stream alone is {100 * read / base:.1f}% of a one-head epoch; the rest is the head's own compute"
-    )
-    write_json(
-        a.out,
-        {
-            "environment": environment(),
-            "cache": str(cache),
-            "head_type": a.head_type,
-            "runs": runs,
-            "read": reads,
-        },
-    )
+        [name, f"{med[name]:.2f}", f"{med[name] / base:.2f}x", f"{rss[name]:.0f}"]
+        for name in runs
+        if name != "0"
+    ]
+    print(markdown_table(["heads in one pass", "median s/epoch", "vs 1 head", "peak RSS MB"], rows))
+    write_json(a.out, {"environment": environment(), "cache": str(cache), "runs": runs})
 
 
 if __name__ == "__main__":

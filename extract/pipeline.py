@@ -37,12 +37,17 @@ TRUNCATION = "longest_first"
 # 0.49 s with 2 threads on a 2-core machine another job kept busy (each op waits for the busy core)
 # and 0.01 s with one; small batches gain nothing from a second thread when the cores are free.
 SMALL_BATCH_TOKENS = 256
+# The last four hidden states: what the heads' defaults were measured on. With the last one alone
+# the default head gave STS-B Pearson 0.555 where the last four give 0.795 (SST-2: 0.831 against 0.859).
+DEFAULT_LAYERS = (-4, -3, -2, -1)
 
 
 @dataclass
 class ExtractConfig:
     model: str | None = None  # hub id or folder; None: the bundled all-MiniLM-L6-v2
-    layers: Sequence[int] = (-1,)  # hidden-state indices, transformers' numbering; negatives from the end
+    layers: Sequence[int] = (
+        DEFAULT_LAYERS  # hidden-state indices, transformers' numbering; negatives from the end
+    )
     max_length: int = 128
     dtype: str = "float16"  # storage: "float16" | "bfloat16"
     backend: str = "zarr"  # "zarr" | "hdf5"

@@ -65,7 +65,7 @@ def test_predict_matches_the_head_on_cached_features(two_tasks, sst2, glue):
         with torch.no_grad():
             probs = torch.softmax(
                 head(features, torch.ones(features.shape[:2], dtype=torch.bool)).float(), -1
-            )[0]
+            )[0, 0]  # [K heads, B, labels]
         assert abs(answer["sentiment"]["probabilities"]["positive"] - float(probs[1])) < 2e-3
 
 

@@ -1,14 +1,13 @@
 """Sweeps on a real cache of real SST-2 rows: the grid, the held-out slice, stacks, the report, resume."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from train_job import kill_then_resume
 
 from ytune.cache.reader import open_cache
 from ytune.errors import UserError
@@ -156,20 +155,7 @@ def test_a_killed_sweep_resumes_to_the_same_table(sst2, tmp_path):
     assert last["selected_on"] == "holdout" and set(last) == {"winner", "settings", "selected_on", "selection",
                                                               "validation"}  # fmt: skip
     assert "<- winner" in full.stderr
-    job = subprocess.Popen(
-        [*args, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    state = tmp_path / "cut" / "state.pt"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.02)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    assert torch.load(state, weights_only=False)["epoch"] < 5  # killed mid-run
-    resumed = subprocess.run(
-        [*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = kill_then_resume(args, tmp_path / "cut", epochs=6)
     assert json.loads(resumed.stdout.splitlines()[-1]) == last
 
     def table(folder):

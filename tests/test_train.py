@@ -1,14 +1,13 @@
 """Training on real caches of real GLUE rows (MiniLM features): heads, K-in-one-pass, checkpoints."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_job import kill_then_resume
 
 from ytune.cache.reader import open_cache
 from ytune.errors import UserError
@@ -163,21 +162,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     ]
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
-    job = subprocess.Popen(
-        [*args, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    state = tmp_path / "cut" / "state.pt"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.02)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    assert torch.load(state, weights_only=False)["epoch"] < 7  # killed mid-run
-    resumed = subprocess.run(
-        [*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after epoch" in resumed.stderr
+    resumed = kill_then_resume(args, tmp_path / "cut", epochs=8)
     assert json.loads(resumed.stdout.splitlines()[-1]) == json.loads(full.stdout.splitlines()[-1])
     a = load_file(tmp_path / "full" / "ytuning" / "head.safetensors")
     b = load_file(tmp_path / "cut" / "ytuning" / "head.safetensors")

@@ -34,9 +34,10 @@ POOLS = ("mean", "first")
 # 384 x 1 0.851). Regression (STS-B, seeds 0-2): 256 wide, 1 block, lr 1e-3, Pearson 0.809-0.815,
 # where the classification default gives 0.789-0.797 (it fits the 5,749 pairs too closely).
 KIND_DEFAULTS = {
-    "classification": {"width": 384, "blocks": 2, "heads": 6, "lr": 5e-4},
-    "regression": {"width": 256, "blocks": 1, "heads": 4, "lr": 1e-3},
+    "classification": {"width": 384, "blocks": 2, "lr": 5e-4},
+    "regression": {"width": 256, "blocks": 1, "lr": 1e-3},
 }
+HEAD_DIM = 64  # attention heads default to width // 64 (6 at 384, 4 at 256), the transformer convention
 
 
 @dataclass
@@ -51,7 +52,7 @@ class HeadConfig:
     # None: the kind's measured default (KIND_DEFAULTS).
     width: int | None = None  # head width d
     blocks: int | None = None
-    heads: int | None = None
+    heads: int | None = None  # None: the largest divisor of the width up to width // HEAD_DIM
     ffn_mult: int = 2
     dropout: float = 0.1
     # "softmax": learned softmax-weighted sum of the L layers, then LayerNorm; "ladder": block i
@@ -70,9 +71,11 @@ class HeadConfig:
         check("layer mix", self.layer_mix, LAYER_MIXES)
         check("pooling", self.pool, POOLS)
         check("label init", self.label_init, ("random", "names"))
-        for key in ("width", "blocks", "heads"):
+        for key in ("width", "blocks"):
             if getattr(self, key) is None:
                 setattr(self, key, KIND_DEFAULTS[self.kind][key])
+        if self.heads is None and self.width >= 1:
+            self.heads = next(h for h in range(max(1, self.width // HEAD_DIM), 0, -1) if self.width % h == 0)
         if self.label_init == "names" and (self.head_type == "probe" or self.kind == "regression"):
             raise UserError(
                 "label_init=names needs a Y-Tuning classification head (label names to start from)."
@@ -156,8 +159,10 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        return grad_x, torch.bmm(grad.transpose(1, 2), x), grad.sum(1)
+        # Under autocast the forward ran in grad's dtype (bfloat16): so does the backward, as autograd's would.
+        grad_x = torch.bmm(grad, weight.to(grad.dtype)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x.to(grad.dtype)).to(weight.dtype)
+        return grad_x, grad_w, grad.sum(1).to(weight.dtype)
 
 
 class Linear(nn.Module):

