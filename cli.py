@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the label queries at random, or at the encoder's features of the label names",
     )
     opt = tr.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=3, help="(default: 3)")
+    opt.add_argument(
+        "--epochs", type=int, help="(default: by the training set's size: 60,000 examples' worth, 3 to 10)"
+    )
     opt.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     opt.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4; regression 1e-3)")
     opt.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")

@@ -39,7 +39,7 @@ PROBE = HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)  # the probe a
 def run_sweep(task: str, a: argparse.Namespace, out: Path) -> dict:
     """The grid against the default head and the probe, all selected on the same held-out rows."""
     data = glue_subset(task, a.rows, a.glue)
-    ex = extract(data, ExtractConfig(layers=LAYERS, cache_dir=a.cache_dir, progress=False))
+    ex = extract(data, ExtractConfig(model=a.model, layers=LAYERS, cache_dir=a.cache_dir, progress=False))
     cfg = TrainConfig(epochs=a.epochs, select_on="holdout")
     start = time.perf_counter()
     winner = sweep(ex.path, [HeadSpec("ytuning")], parse_grid(a.sweep), cfg, out / task / "sweep", resume=True,
@@ -68,7 +68,7 @@ def sweep_table(rows: list[dict]) -> str:
 
 def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
     data = glue_subset(task, a.rows, a.glue)
-    ex = extract(data, ExtractConfig(layers=LAYERS, cache_dir=a.cache_dir, progress=False))
+    ex = extract(data, ExtractConfig(model=a.model, layers=LAYERS, cache_dir=a.cache_dir, progress=False))
     head = json.loads(a.head)
     specs = [HeadSpec("ytuning", config=head, lr=a.lr), HeadSpec("probe", config={"head_type": "probe"})]
     if data.task.kind == "classification":  # the same head, its label queries started at the label names
@@ -100,7 +100,8 @@ def main() -> None:
     p.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
     p.add_argument("--tasks", default="sst2,stsb,mrpc,cola,rte")
     p.add_argument("--rows", type=int, help="training rows per task (default: all)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--model", help="the encoder (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--epochs", type=int, help="(default: ytune's, by the training set's size)")
     p.add_argument("--lr", type=float, default=None, help="Y-Tuning learning rate (default: ytune's)")
     p.add_argument("--head", default="{}", help="Y-Tuning head settings as JSON (default: ytune's defaults)")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "ytune-bench-glue"))
@@ -111,7 +112,7 @@ def main() -> None:
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
     if a.quick:
-        a.rows, a.epochs = a.rows or 2000, 2
+        a.rows, a.epochs = a.rows or 2000, a.epochs or 2
     if a.sweep:
         results = Path(a.results or "sweeps.jsonl")
         done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []

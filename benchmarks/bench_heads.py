@@ -7,8 +7,9 @@ weight-sized gradient and optimizer traffic. Reported as the ratio to K = 1, wit
 RSS. Every measurement runs in a process of its own (allocator settings are per process), the K
 values interleaved round by round so a slow moment of a shared machine hits them alike.
 
-`--baseline SRC` also times one head with another checkout of ytune (e.g. a git worktree of the
-last release) in the same rounds: "one head no slower than before" is then a ratio of one run.
+`--baseline SRC` also times `--baseline-ks` heads (default: one) with another checkout of ytune
+(e.g. a git worktree of the last release) in the same rounds: "one head no slower than before" is
+then a ratio of one run.
 
     python benchmarks/bench_heads.py --quick                 # builds a 2,000-row SST-2 cache first
     python benchmarks/bench_heads.py --cache PATH --ks 1,8,16,64 --baseline ../old
@@ -86,7 +87,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2000, help="training rows of the cache built without --cache")
     p.add_argument("--ks", default="1,8,16")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--baseline", type=Path, help="another ytune checkout to time one head with, side by side")
+    p.add_argument("--baseline", type=Path, help="another ytune checkout to time heads with, side by side")
+    p.add_argument("--baseline-ks", default="1", help="the K values to time the baseline at (default: 1)")
     p.add_argument("--quick", action="store_true", help="K = 1 and 8, 2 repeats")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -99,7 +101,7 @@ def main() -> None:
         cache = Path(a.cache) if a.cache else build_cache(a.rows, a.glue, tmp + "/cache")
         contenders = [("0", 0, None), *[(str(k), k, None) for k in ks]]
         if a.baseline:
-            contenders.append(("1, baseline", 1, a.baseline))
+            contenders += [(f"{k}, baseline", int(k), a.baseline) for k in a.baseline_ks.split(",")]
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
         for r in range(repeats):
             for name, k, source in contenders:

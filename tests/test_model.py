@@ -196,6 +196,22 @@ def test_low_precision_features_are_cast():
     assert head(features.bfloat16(), mask).dtype == torch.float32
 
 
+def test_a_stack_trains_under_bfloat16_autocast_as_on_a_gpu():
+    """The stacked linear map's own backward keeps autocast's dtypes: bfloat16 products, float32 gradients."""
+    torch.manual_seed(0)
+    stack = stack_heads([build_head(small_cfg(num_layers_in=2)) for _ in range(2)])
+    features, mask = make_batch(layers=2)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = stack(features, mask)
+    assert out.dtype == torch.bfloat16
+    out.float().pow(2).sum().backward()
+    grads = [p.grad for p in stack.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        reference = stack(features, mask)
+    torch.testing.assert_close(out.float(), reference, atol=0.1, rtol=0.05)
+
+
 def test_layer_mix_is_each_heads_softmax_weighted_sum_with_its_gradient():
     mix = LayerMix(2, 3)  # two heads, three layers
     with torch.no_grad():

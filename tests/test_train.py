@@ -14,7 +14,7 @@ from ytune.errors import UserError
 from ytune.extract.data import load_glue
 from ytune.extract.pipeline import ExtractConfig, extract
 from ytune.train.checkpoint import load_head
-from ytune.train.trainer import HeadSpec, TrainConfig, evaluate, train
+from ytune.train.trainer import HeadSpec, TrainConfig, default_epochs, evaluate, train
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 
@@ -62,6 +62,10 @@ def test_k_heads_in_one_pass_equal_k_separate_runs(sst2, tmp_path):
         w1 = load_file(tmp_path / spec.name / spec.name / "head.safetensors")
         w2 = load_file(tmp_path / "together" / spec.name / "head.safetensors")
         assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_default_epochs_show_the_heads_about_60000_examples():
+    assert [default_epochs(n) for n in (67349, 20000, 8551, 5749, 2490, 300)] == [3, 3, 8, 10, 10, 10]
 
 
 def test_checkpoint_round_trip_and_eval_reproduce_the_training_metrics(sst2, tmp_path):

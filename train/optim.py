@@ -24,7 +24,9 @@ class StackedAdamW:
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
         # One step counter per head and parameter: the fused kernel advances each tensor it is given.
-        self.steps = [[torch.zeros((), dtype=torch.float32) for _ in self.params] for _ in self.lrs]
+        self.steps = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params] for _ in self.lrs
+        ]
 
     @torch.no_grad()
     def step(self, factor: float, active: Sequence[bool], max_norm: float | None = None) -> None:
