@@ -130,6 +130,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         dataset.splits = {s: dataset.splits[s] for s in args.split if s in dataset.splits}
     cfg = ExtractConfig(
         model=args.model,
+        weights_dtype=args.weights_dtype,
         layers=[i for group in args.layers for i in group] if args.layers else DEFAULT_LAYERS,
         max_length=args.max_length,
         dtype=args.dtype,
@@ -273,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--model",
         help="hub id or local folder of a transformers encoder (default: the bundled all-MiniLM-L6-v2)",
+    )
+    enc.add_argument(
+        "--weights-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="load the encoder's weights in this dtype (default: as saved); bfloat16 halves an XXL model's memory",
     )
     enc.add_argument(
         "--layers",

@@ -49,7 +49,8 @@ class Predictor:
                 raise UserError(
                     f"heads {info.name!r} and {loaded[0][1].name!r} need different encoders (differ in: {', '.join(differs)})."
                 )
-        self.encoder = load_encoder(model or loaded[0][1].encoder.get("encoder"), device)
+        info = loaded[0][1].encoder
+        self.encoder = load_encoder(model or info.get("encoder"), device, info.get("weights_dtype"))
         if (self.encoder.fingerprint, self.encoder.tokenizer_fingerprint) != (first.encoder, first.tokenizer):
             raise UserError(
                 f"encoder {self.encoder.name!r} is not the one the heads were trained on (its weights or tokenizer differ)."

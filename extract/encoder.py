@@ -39,6 +39,7 @@ class Encoder:
         config = self.model.config
         return {
             "encoder": self.name,
+            "weights_dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "model_type": config.model_type,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_layers,
@@ -55,7 +56,15 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
-def load_encoder(name: str | None = None, device: str | None = None) -> Encoder:
+WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_encoder(
+    name: str | None = None, device: str | None = None, weights_dtype: str | None = None
+) -> Encoder:
+    """The encoder, frozen; `weights_dtype` loads its weights in that dtype (None: as saved), e.g.
+    bfloat16 to halve an XXL model's memory. Weights of another dtype are another encoder: the
+    fingerprint, so the cache identity, differs."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging
 
@@ -63,7 +72,8 @@ def load_encoder(name: str | None = None, device: str | None = None) -> Encoder:
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        dtype = {} if weights_dtype is None else {"dtype": getattr(torch, weights_dtype)}
+        model = AutoModel.from_pretrained(path, **dtype)
     except (OSError, ValueError) as e:
         where = (
             "folder"

@@ -45,6 +45,7 @@ DEFAULT_LAYERS = (-4, -3, -2, -1)
 @dataclass
 class ExtractConfig:
     model: str | None = None  # hub id or folder; None: the bundled all-MiniLM-L6-v2
+    weights_dtype: str | None = None  # load the encoder's weights as "bfloat16" or "float16"; None: as saved
     layers: Sequence[int] = (
         DEFAULT_LAYERS  # hidden-state indices, transformers' numbering; negatives from the end
     )
@@ -126,7 +127,7 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
         _init_distributed(rank, world, cfg)
-    encoder = encoder or load_encoder(cfg.model, cfg.device)
+    encoder = encoder or load_encoder(cfg.model, cfg.device, cfg.weights_dtype)
     layers = resolve_layers(cfg.layers, encoder.num_layers)
     check_max_length(encoder, cfg.max_length)
     truncate(encoder.model, max(layers))

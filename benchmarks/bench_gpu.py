@@ -1,0 +1,242 @@
+"""DeBERTa-v2-XXLarge-shaped extraction and head training on one GPU, measured in one command.
+
+The product's main job runs a 1.5B-parameter encoder on a big GPU. This builds an encoder of
+DeBERTa-v2-XXLarge's shape with random weights (48 layers, 1536 wide, 24 attention heads, 6144 FFN,
+relative attention with p2c/c2p and 256 position buckets, shared attention keys, a 128,100-token
+embedding; speed does not depend on the weights' values), saves it in bfloat16 with the bundled
+MiniLM tokenizer (its ids are valid for the larger vocabulary), and measures in bfloat16:
+
+- A  `ytune extract` (the Python API, ExtractConfig(weights_dtype="bfloat16"), ytune's default four
+     layers) over the first --rows SST-2 training rows and the validation split: real tokens/s, and
+     model-FLOP utilisation.
+- B  a bare transformers forward loop over the very same padded batches (ytune's tokenize, shard
+     plan and batches, the same truncated model, features discarded): the floor for A.
+- C  Y-Tuning head training on A's cache, 1 and 8 default heads in one pass: examples/s.
+
+Model FLOPs of one padded batch of B rows by T tokens, summed over the L layers run (H wide, FFN
+I wide, k position buckets), forward only:
+    2 * B*T * (4*H*H + 2*H*I)        the layer's linear maps
+  + 4 * B*T*T * H                    content attention: scores and weighted sum
+  + 8 * B*T*(2k) * H                 disentangled attention: c2p and p2c scores against 2k positions
+  + 2 * 2 * (2k) * H*H               the relative position embeddings through the shared key/query maps
+MFU = those FLOPs / seconds / the device's dense bfloat16 peak (H100 and H200: 989 TFLOP/s).
+Padding is counted as work done (the batches are length-sorted, so it is little); tokens/s counts
+real tokens only.
+
+    python benchmarks/bench_gpu.py                  # on a CUDA machine: under 8 minutes on an H100
+    python benchmarks/bench_gpu.py --tiny           # the same code, a tiny shape, on the CPU (tests)
+    python benchmarks/bench_gpu.py --cpu-xxl        # the real XXL shape through `ytune extract` on a CPU
+
+Without --tiny or --cpu-xxl, a machine with no CUDA device is refused in one sentence (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, glue_subset, markdown_table  # noqa: E402
+
+from ytune.cache.writer import plan_shards  # noqa: E402
+from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
+from ytune.extract.pipeline import DEFAULT_LAYERS, ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
+from ytune.train.trainer import HeadSpec, TrainConfig, train  # noqa: E402
+
+XXL = dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, intermediate_size=6144, vocab_size=128100,
+           position_buckets=256)  # fmt: skip
+TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, vocab_size=30522,
+            position_buckets=16)  # fmt: skip
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense TFLOP/s
+
+
+def build_encoder(shape: dict, folder: Path, device: str) -> None:
+    """A randomly initialised DeBERTa-v2 of `shape` (xxlarge's attention settings), saved in bfloat16."""
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+    config = DebertaV2Config(**shape, max_position_embeddings=512, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                             max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
+                             position_biased_input=False, conv_kernel_size=3, conv_act="gelu", type_vocab_size=0,
+                             layer_norm_eps=1e-7)  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DebertaV2Model(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model(None)).save_pretrained(folder)
+    del model
+
+
+def batch_flops(config, b: int, t: int, layers: int) -> float:
+    """Forward FLOPs of one padded [b, t] batch through `layers` layers (the formula above)."""
+    h, i, k = config.hidden_size, config.intermediate_size, config.position_buckets
+    per_layer = (
+        2 * b * t * (4 * h * h + 2 * h * i) + 4 * b * t * t * h + 8 * b * t * 2 * k * h + 4 * 2 * k * h * h
+    )
+    return layers * per_layer
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for key, v in PEAK_BF16.items() if key in name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> dict:
+    """B: the same padded batches as ytune's (its tokenize, shard plan and batches), through the
+    same truncated model under the same autocast; nothing kept."""
+    amp = (
+        torch.autocast("cuda", torch.bfloat16)
+        if encoder.device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    bytes_per_token = 2 * len(layers) * encoder.hidden_size
+    tokens, flops = 0, 0.0
+    sync(encoder.device)
+    start = time.perf_counter()
+    with torch.inference_mode(), amp:
+        for split in dataset.splits.values():
+            tok = tokenize(encoder.tokenizer, split, ExtractConfig().max_length)
+            for shard in plan_shards(tok.lengths, bytes_per_token):
+                for rows in batches(shard, batch_tokens):
+                    inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, encoder.device)
+                    forward_layers(encoder.model, inputs, layers)
+                    tokens += int(mask.sum())
+                    flops += batch_flops(encoder.model.config, *mask.shape, max(layers))
+    sync(encoder.device)
+    return {"tokens": tokens, "seconds": time.perf_counter() - start, "flops": flops}
+
+
+def head_throughput(cache: Path, k: int, out: Path, device: str) -> float:
+    """C: examples/s of one training epoch of k default heads in one pass."""
+    train(cache, [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)], TrainConfig(epochs=1, device=device),
+          out, log=lambda m: None)  # fmt: skip
+    return json.loads((out / "h0" / "metrics.json").read_text())["history"][0]["examples_per_s"]
+
+
+def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) -> dict:
+    folder = tmp / "encoder"
+    start = time.perf_counter()
+    build_encoder(shape, folder, device.type)
+    build_s = time.perf_counter() - start
+    data = glue_subset("sst2", rows, glue)  # the training rows and the validation split
+    encoder = load_encoder(str(folder), str(device), "bfloat16")
+    layers = resolve_layers(DEFAULT_LAYERS, encoder.num_layers)
+    truncate(encoder.model, max(layers))
+    batch_tokens = 32768 if device.type == "cuda" else 4096  # extract's defaults
+    bare_loop(encoder, glue_subset("sst2", 64, glue), layers, batch_tokens)  # warm-up: kernels, allocator
+    bare = bare_loop(encoder, data, layers, batch_tokens)
+    cfg = ExtractConfig(model=str(folder), weights_dtype="bfloat16", cache_dir=tmp / "cache", progress=False)
+    result = extract(data, cfg, encoder=encoder)
+    cache = result.path
+    peak = peak_flops(device)
+    ytune_tps, bare_tps = result.tokens / result.seconds, bare["tokens"] / bare["seconds"]
+    flops_per_token = bare["flops"] / bare["tokens"]  # the same batches: the same FLOPs per real token
+    summary = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "shape": shape,
+        "parameters": encoder.parameters,
+        "rows": rows,
+        "tokens": result.tokens,
+        "build_s": round(build_s, 1),
+        "ytune_tokens_per_s": round(ytune_tps, 1),
+        "bare_tokens_per_s": round(bare_tps, 1),
+        "ytune_vs_bare": round(ytune_tps / bare_tps, 3),
+        "model_gflop_per_s": round(ytune_tps * flops_per_token / 1e9, 2),
+        "mfu": round(ytune_tps * flops_per_token / peak, 4) if peak else None,
+        "bare_mfu": round(bare_tps * flops_per_token / peak, 4) if peak else None,
+        "heads_1_examples_per_s": round(head_throughput(cache, 1, tmp / "h1", str(device)), 1),
+        "heads_8_examples_per_s": round(head_throughput(cache, 8, tmp / "h8", str(device)), 1),
+    }
+    return summary
+
+
+def cpu_xxl(glue: str, tmp: Path) -> dict:
+    """The real XXL shape through `ytune extract` (a process of its own) on this CPU: 32 rows, weights
+    in bfloat16, once at full depth and once stopping at layer 12; seconds and peak RSS of each."""
+    folder = tmp / "xxl"
+    start = time.perf_counter()
+    build_encoder(XXL, folder, "cpu")
+    out = {"build_s": round(time.perf_counter() - start, 1), "runs": []}
+    for layers in ("-4,-3,-2,-1", "12"):
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", _CHILD, str(folder), glue, layers, str(tmp / f"cache-{layers}")],
+                             capture_output=True, text=True)  # fmt: skip
+        if run.returncode:
+            sys.exit(f"the XXL extraction failed:\n{run.stderr[-3000:]}")
+        out["runs"].append({"layers": layers, "seconds": round(time.perf_counter() - start, 1),
+                            **json.loads(run.stdout.strip().splitlines()[-1])})  # fmt: skip
+    return out
+
+
+# One XXL extraction, as `ytune extract --weights-dtype bfloat16` runs it, reporting what it did.
+_CHILD = """
+import json, resource, sys, time
+from ytune.extract.data import load_glue
+from ytune.extract.encoder import load_encoder
+from ytune.extract.pipeline import ExtractConfig, extract
+folder, glue, layers, cache = sys.argv[1:]
+encoder = load_encoder(folder, "cpu", "bfloat16")
+start = time.perf_counter()
+cfg = ExtractConfig(model=folder, weights_dtype="bfloat16", layers=[int(i) for i in layers.split(",")], cache_dir=cache,
+                    progress=False)
+result = extract(load_glue("sst2", ["validation"], glue, limit=32), cfg, encoder=encoder)
+print(json.dumps({"rows": result.rows, "tokens": result.tokens, "extract_s": round(result.seconds, 1),
+                  "weights_dtype": str(next(encoder.model.parameters()).dtype),
+                  "layers_run": len(encoder.model.encoder.layer), "cached_layers": list(result.identity.layers),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
+    p.add_argument("--rows", type=int, help="SST-2 training rows (default: 20,000; --tiny 64)")
+    p.add_argument(
+        "--tiny", action="store_true", help="a tiny DeBERTa-v2 shape on the CPU: the same code, in seconds"
+    )
+    p.add_argument(
+        "--cpu-xxl", action="store_true", help="the real XXL shape through ytune extract on this CPU"
+    )
+    p.add_argument("--out", help="also write the JSON summary here")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.cpu_xxl:
+            summary = cpu_xxl(a.glue, Path(tmp))
+        elif a.tiny:
+            summary = measure(TINY, a.rows or 64, a.glue, torch.device("cpu"), Path(tmp))
+        elif not torch.cuda.is_available():
+            print("bench_gpu.py: error: this machine has no CUDA device; --tiny runs the same code on the CPU.",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(2)
+        else:
+            summary = measure(XXL, a.rows or 20000, a.glue, torch.device("cuda"), Path(tmp))
+    summary["environment"] = environment()
+    if not a.cpu_xxl:
+        keys = ["ytune_tokens_per_s", "bare_tokens_per_s", "ytune_vs_bare", "model_gflop_per_s", "mfu",
+                "heads_1_examples_per_s", "heads_8_examples_per_s"]  # fmt: skip
+        print(markdown_table(["measure", "value"], [[k, summary[k]] for k in keys]), file=sys.stderr)
+    if a.out:
+        Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()
