@@ -13,9 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ytune.cache import store
-from ytune.cache.format import default_root
 from ytune.errors import UserError
+
+# Only argparse and ytune.errors at import: torch, transformers and the shard backends load in
+# the commands that use them, so `ytune --help` and `ytune cache ls` start in a fraction of a second.
 
 # Head settings (--head and --sweep keys), in the order the help lists them.
 SETTING_KEYS = ("name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
@@ -25,6 +26,9 @@ DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)"
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
+    from ytune.cache import store
+    from ytune.cache.format import default_root
+
     if args.verb == "ls":
         caches = store.list_caches(args.cache_dir)
         if not caches:
@@ -34,7 +38,9 @@ def cmd_cache(args: argparse.Namespace) -> None:
                 print(f"{c['path']}  unreadable: {c['error']}")
                 continue
             splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())
-            print(f"{c['path']}  {c['encoder']}  {c['dataset']}  [{splits}]  {c['bytes'] / 1e6:.1f} MB")
+            layers = ",".join(map(str, c["layers"]))
+            print(f"{c['path']}  {c['encoder']}  {c['dataset']}  layers {layers} {c['dtype']}  [{splits}]  "
+                  f"{c['bytes'] / 1e6:.1f} MB")  # fmt: skip
         return
     path = store.resolve(args.path, args.cache_dir)
     if args.verb == "info":
@@ -50,7 +56,10 @@ def cmd_cache(args: argparse.Namespace) -> None:
             raise UserError(
                 f"cache {path} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
             )
-        print(f"ok: {path}")
+        s = store.summary(path)
+        shards = sum(int(split["shards"].split("/")[0]) for split in s["splits"].values())
+        labels = sum(len(split["labels"]) for split in s["splits"].values())
+        print(f"ok: {path} ({shards} shards and {labels} label files, {s['bytes'] / 1e6:.1f} MB, checked)")
     elif args.verb == "label":
         attach_labels(path, args)
     elif args.verb == "rm":
@@ -180,6 +189,7 @@ def print_metrics(results: dict[str, dict]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from ytune.cache import store
     from ytune.train.sweep import parse_grid, sweep
     from ytune.train.trainer import train
 
@@ -201,6 +211,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from ytune.cache import store
     from ytune.train.trainer import evaluate
 
     path = store.resolve(args.cache, args.cache_dir)
@@ -210,6 +221,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from ytune.predict import Predictor
 
+    if args.input and args.texts:
+        raise UserError("give texts to label as arguments or with --input FILE, not both.")
     if args.input:
         from ytune.extract.data import load_files
 
@@ -222,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor(args.head, args.model, args.device)
     answers = predictor.predict(texts, pairs, progress=None if args.input else False)
     for i, answer in enumerate(answers):
-        item = {"text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
+        item = {"row": i, "text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
         print(json.dumps(item, ensure_ascii=False))
 
 
@@ -453,8 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take damaged shards out of the manifest, so extract rebuilds them",
     )
-    for p in [cache, *verbs.choices.values()]:
-        p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    # Before the verb or after it: `ytune cache --cache-dir X ls` and `ytune cache ls --cache-dir X`.
+    cache.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    for p in verbs.choices.values():
+        p.add_argument("--cache-dir", default=argparse.SUPPRESS, help=CACHE_DIR_HELP)
     return parser
 
 
@@ -468,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ytune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ytune cache info X | head`: the reader had enough, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

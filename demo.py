@@ -46,6 +46,7 @@ def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train
         "train_seconds": seconds,
         "epochs": epochs,
         "cache": str(result.path),
+        "out": str(out),
         "cache_mb": summary(result.path)["bytes"] / 1e6,
     }
 
@@ -61,5 +62,7 @@ def format_table(r: dict) -> str:
         "",
         f"extraction seconds: {extract_note}; training seconds (both heads, one pass): {r['train_seconds']:.0f}",
         f"cache: {r['cache']} ({r['cache_mb']:.0f} MB)",
+        f"heads: {r['out']}/ytuning and {r['out']}/probe; try: ytune predict --head {r['out']}/ytuning "
+        '"a gripping, funny film"',
     ]
     return "\n".join(lines)

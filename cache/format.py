@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ytune.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: listing caches does not need it (the CLI starts fast)
+    import torch
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -41,6 +44,8 @@ def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> tor
     A value that float16 cannot hold is an error naming the layer: a silent inf would poison
     every head trained on the cache.
     """
+    import torch
+
     if dtype == "bfloat16":
         return features.to(torch.bfloat16).view(torch.uint16)
     if dtype != "float16":
@@ -63,6 +68,8 @@ def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndar
 
 def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
     """The stored array -> a torch tensor in the cache's dtype, bit for bit (no copy)."""
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(stored))
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 

@@ -1,14 +1,15 @@
-"""Managing caches as a whole: list, describe, verify, remove (the `ytune cache` verbs)."""
+"""Managing caches as a whole: list, describe, verify, remove (the `ytune cache` verbs).
+
+Listing and describing read manifests only; the shard backends (zarr, h5py, numpy) are imported
+by the verbs that open shards, so `ytune cache ls` starts in a fraction of a second."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ytune.cache.backends import checksum, get_backend, size_on_disk
 from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
 from ytune.cache.manifest import read_manifest
-from ytune.cache.writer import drop_shards, take_lock
 from ytune.errors import UserError
 
 
@@ -77,6 +78,9 @@ def verify(path: Path, drop: bool = False) -> list[str]:
     or label file (empty when the cache is sound). Planned shards the manifest does not list are
     named too. `drop` takes damaged shards out of the manifest, so that rerunning the extraction
     rebuilds just them."""
+    from ytune.cache.backends import checksum, get_backend, size_on_disk
+    from ytune.cache.writer import drop_shards, take_lock
+
     m = read_manifest(path)
     suffix = get_backend(m.backend).suffix
     problems = []
@@ -141,5 +145,7 @@ def publish(path: Path, url: str) -> str:
 def remove(path: Path) -> None:
     """Delete a cache; refused while a writer holds it."""
     read_manifest(path)  # only ever delete what is a cache
+    from ytune.cache.writer import take_lock
+
     take_lock(path).close()
     shutil.rmtree(path)

@@ -232,13 +232,19 @@ def test_cache_verbs_on_the_command_line(tmp_path):
     cli = [sys.executable, "-m", "ytune.cli", "cache"]
     ls = subprocess.run([*cli, "ls", "--cache-dir", str(tmp_path)], capture_output=True, text=True)
     assert ls.returncode == 0 and str(path) in ls.stdout and "train 300 rows" in ls.stdout
+    assert "float16" in ls.stdout and "layers " in ls.stdout  # two caches of one dataset tell apart
+    before = subprocess.run([*cli, "--cache-dir", str(tmp_path), "ls"], capture_output=True, text=True)
+    assert before.stdout == ls.stdout  # the root given before the verb is the same root
+    piped = subprocess.run(f"{sys.executable} -m ytune.cli cache info {path} | head -1", shell=True,
+                           capture_output=True, text=True)  # fmt: skip
+    assert piped.stdout == "{\n" and "Traceback" not in piped.stderr
     info = subprocess.run(
         [*cli, "info", path.name, "--cache-dir", str(tmp_path)], capture_output=True, text=True
     )
     summary = json.loads(info.stdout)
     assert summary["cache_id"] == path.name and summary["splits"]["train"]["rows"] == 300
     ok = subprocess.run([*cli, "verify", str(path)], capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.strip() == f"ok: {path}"
+    assert ok.returncode == 0 and ok.stdout.strip().startswith(f"ok: {path} (") and "MB, checked" in ok.stdout
     rm = subprocess.run([*cli, "rm", str(path)], capture_output=True, text=True)
     assert rm.returncode == 0 and not path.exists()
     gone = subprocess.run([*cli, "info", str(path)], capture_output=True, text=True)

@@ -8,6 +8,7 @@ dataset in the same feature space is fine (evaluating on a new test set is the p
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def save_head(directory: Path, state: dict[str, torch.Tensor], info: HeadInfo) -
     """`state`: one head's parameters without the head axis (model.head_state)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "head.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory / "head.safetensors", 0o666 & ~umask)  # safetensors writes 0600; heads are shared
     (directory / "config.json").write_text(json.dumps(info.to_dict(), indent=1) + "\n")
 
 
