@@ -188,6 +188,7 @@ def cpu_xxl(glue: str, tmp: Path) -> dict:
 # One XXL extraction, as `ytune extract --weights-dtype bfloat16` runs it, reporting what it did.
 _CHILD = """
 import json, resource, sys, time
+from ytune.cache.reader import open_cache
 from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder
 from ytune.extract.pipeline import ExtractConfig, extract
@@ -199,7 +200,7 @@ cfg = ExtractConfig(model=folder, weights_dtype="bfloat16", layers=[int(i) for i
 result = extract(load_glue("sst2", ["validation"], glue, limit=32), cfg, encoder=encoder)
 print(json.dumps({"rows": result.rows, "tokens": result.tokens, "extract_s": round(result.seconds, 1),
                   "weights_dtype": str(next(encoder.model.parameters()).dtype),
-                  "layers_run": len(encoder.model.encoder.layer), "cached_layers": list(result.identity.layers),
+                  "layers_run": len(encoder.model.encoder.layer), "cached_layers": list(open_cache(result.path).identity.layers),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 

@@ -209,7 +209,7 @@ def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
     train(sst2, [spec], quick(epochs=1, lr=0.0, weight_decay=0.0), tmp_path, log=lambda m: None)
     head, _ = load_head(tmp_path / "named")
     with torch.no_grad():
-        expected = head.proj(head.norms_in[0](torch.from_numpy(column.vectors.mean(1))))
+        expected = head.proj(head.norms_in[0](torch.from_numpy(column.vectors.mean(1))[None]))  # [K = 1, ...]
     torch.testing.assert_close(head.queries.detach(), expected)
     with pytest.raises(UserError, match="label_init=names"):
         train(
