@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=cmd_train)
     tr.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
     tr.add_argument("--cache-dir", help=CACHE_DIR_HELP)
-    tr.add_argument("--label", help="label column to learn (default: the cache's only one)")
+    tr.add_argument("--label", help="label column to learn (default: the one extraction attached)")
     tr.add_argument("--out", help="folder for checkpoints and logs (default: runs/<label>)")
     head = tr.add_argument_group("head")
     head.add_argument(

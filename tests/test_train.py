@@ -193,6 +193,15 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
     results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})], quick(epochs=8),
                     tmp_path / "r", log=lambda m: None)  # fmt: skip
     assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
+    # Without a label named, heads still learn the column extraction attached.
+    train(
+        sst2,
+        [HeadSpec("plain", config={"width": 32, "heads": 2})],
+        quick(epochs=1),
+        tmp_path / "p",
+        log=lambda m: None,
+    )
+    assert load_head(tmp_path / "p" / "plain")[1].label == "sst2"
     assert sorted(p.name for p in (sst2 / "train").glob("shard-*")) == shards_before
     rows = (tmp_path / "train.csv").read_text().splitlines()
     (tmp_path / "shuffled.csv").write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")

@@ -126,11 +126,11 @@ class _Run:
 
 
 def default_label(cache: Cache, split: str) -> str:
+    """The label column a head learns unless told: the split's first, the one extraction attached
+    (columns added later with `ytune cache label` are learned by name, with --label)."""
     columns = list(cache.manifest.splits[split].labels) if split in cache.manifest.splits else []
-    if len(columns) != 1:
-        raise UserError(
-            f"name the label column to learn with --label (split {split!r} has: {', '.join(columns) or 'none'})."
-        )
+    if not columns:
+        raise UserError(f"split {split!r} has no label column to learn; attach one with ytune cache label.")
     return columns[0]
 
 
