@@ -126,12 +126,16 @@ class _Run:
 
 
 def default_label(cache: Cache, split: str) -> str:
-    """The label column a head learns unless told: the split's first, the one extraction attached
-    (columns added later with `ytune cache label` are learned by name, with --label)."""
+    """The label column a head learns unless told: the split's only one, or the one extraction
+    attached, named after the dataset's task (columns added with `ytune cache label` are learned
+    by name, with --label)."""
     columns = list(cache.manifest.splits[split].labels) if split in cache.manifest.splits else []
-    if not columns:
-        raise UserError(f"split {split!r} has no label column to learn; attach one with ytune cache label.")
-    return columns[0]
+    task = cache.identity.dataset.split("[:")[0].rsplit("/", 1)[-1]  # glue/sst2[:300] -> sst2
+    if len(columns) == 1 or task in columns:
+        return columns[0] if len(columns) == 1 else task
+    raise UserError(
+        f"name the label column to learn with --label (split {split!r} has: {', '.join(columns) or 'none'})."
+    )
 
 
 def resolve_head_layers(cache: Cache, layers: Sequence[int] | None) -> list[int]:
