@@ -137,7 +137,7 @@ SWEEP_ARGS = [
     "--epochs",
     "6",
     "--batch-size",
-    "4",
+    "8",
     "--heads",
     "2",
     "--sweep",
