@@ -56,10 +56,13 @@ def cmd_cache(args: argparse.Namespace) -> None:
             raise UserError(
                 f"cache {path} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
             )
-        s = store.summary(path)
-        shards = sum(int(split["shards"].split("/")[0]) for split in s["splits"].values())
-        labels = sum(len(split["labels"]) for split in s["splits"].values())
-        print(f"ok: {path} ({shards} shards and {labels} label files, {s['bytes'] / 1e6:.1f} MB, checked)")
+        from ytune.cache.manifest import read_manifest
+
+        splits = read_manifest(path).splits.values()
+        shards = [r for s in splits for r in s.shards.values()]
+        labels = sum(len(s.labels) for s in splits)
+        print(f"ok: {path} ({len(shards)} shards and {labels} label files, "
+              f"{sum(r.bytes for r in shards) / 1e6:.1f} MB, checked)")  # fmt: skip
     elif args.verb == "label":
         attach_labels(path, args)
     elif args.verb == "rm":

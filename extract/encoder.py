@@ -69,6 +69,8 @@ def load_encoder(
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # ytune reports its own progress; a weight-loading bar is noise
+    if weights_dtype not in (None, *WEIGHTS_DTYPES):
+        raise UserError(f"weights dtype must be one of {', '.join(WEIGHTS_DTYPES)}, not {weights_dtype!r}.")
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

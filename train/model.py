@@ -473,13 +473,13 @@ def stack_key(cfg: HeadConfig) -> tuple:
 
 def stack_heads(heads: Sequence[_Head]) -> _Head:
     """One stack holding ``heads`` (stacks of equal shape), each keeping its own parameters."""
-    stack = build_head(heads[0].cfg, sum(h.size for h in heads))
-    for h in heads:
-        if stack_key(h.cfg) != stack_key(stack.cfg):
-            raise ValueError("only heads of one shape stack")
+    if len({stack_key(h.cfg) for h in heads}) > 1:
+        raise ValueError("only heads of one shape stack")
+    with torch.device("meta"):  # no initialisation: every parameter comes from the heads
+        stack = build_head(heads[0].cfg, sum(h.size for h in heads))
     states = [h.state_dict() for h in heads]
-    stack.load_state_dict({name: torch.cat([s[name] for s in states]) for name in states[0]})
-    return stack.to(next(heads[0].parameters()).device)
+    stack.load_state_dict({name: torch.cat([s[name] for s in states]) for name in states[0]}, assign=True)
+    return stack
 
 
 def head_state(stack: _Head, i: int) -> dict[str, torch.Tensor]:

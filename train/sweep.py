@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ytune.errors import UserError
 from ytune.train.model import HeadConfig
-from ytune.train.trainer import HOLDOUT, HeadSpec, TrainConfig, train
+from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 SWEEP_FILE = "sweep.json"
 # Settings of a head that the cache decides, not the user.
@@ -145,9 +145,9 @@ def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, S
     start = time.perf_counter()
     results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume, log=log)
     seconds = time.perf_counter() - start
-    heads = []
+    heads, summaries = [], {}
     for spec, settings in grown:
-        m = json.loads((out / spec.name / "metrics.json").read_text())
+        m = summaries[spec.name] = json.loads((out / spec.name / "metrics.json").read_text())
         metric = next(iter(m["selection"]))
         heads.append({"name": spec.name, "settings": settings,
                       "metric": metric, "selection": m["selection"][metric], "evaluation": results[spec.name][metric],
@@ -156,14 +156,14 @@ def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, S
     if len({h["metric"] for h in heads}) > 1:
         raise UserError("the swept heads learn labels scored by different metrics: there is no one winner.")
     winner = max(heads, key=lambda h: h["selection"])  # the first of equals: grid order decides ties
-    selected_on = HOLDOUT if cfg.select_on == HOLDOUT else cfg.eval_split
+    selected_on = summaries[winner["name"]]["selected_on"]
     report = {"winner": winner["name"], "selected_on": selected_on, "eval_split": cfg.eval_split,
               "metric": winner["metric"], "grid": dict(grid), "seconds": round(seconds, 2), "heads": heads}  # fmt: skip
     (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
     print(format_table(report), file=sys.stderr)
     plot_sweep(report, out / "sweep.png")
     return {"winner": winner["name"], "settings": winner["settings"], "selected_on": selected_on,
-            "selection": json.loads((out / winner["name"] / "metrics.json").read_text())["selection"],
+            "selection": summaries[winner["name"]]["selection"],
             cfg.eval_split: results[winner["name"]]}  # fmt: skip
 
 

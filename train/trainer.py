@@ -111,8 +111,6 @@ class _Run:
 
     info: HeadInfo
     column: LabelColumn
-    stack: int
-    position: int
     lr: float
     weight_decay: float
     best: float = -math.inf
@@ -187,7 +185,7 @@ def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, device: torch.device)
                     cache.manifest.info)  # fmt: skip
     lr = next(x for x in (spec.lr, cfg.lr, KIND_DEFAULTS[config.kind]["lr"]) if x is not None)
     wd = cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
-    return head, _Run(info, column, -1, -1, lr, wd)
+    return head, _Run(info, column, lr, wd)
 
 
 def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers: Sequence[int], *, shuffle: bool,
@@ -266,8 +264,6 @@ class _Training:
         self.runs = {name: run for name, (_, run) in built.items()}
         self.bank, union = HeadBank.reading({n: (h, r.info.layers) for n, (h, r) in built.items()})
         self.stream_layers = [list(cache.identity.layers).index(i) for i in union]
-        for name, r in self.runs.items():
-            r.stack, r.position = self.bank.where[name]
         self.members = [[self.runs[n] for n in names] for names in self.bank.names]
         self.optimizers = [
             StackedAdamW(stack, [r.lr for r in runs], [r.weight_decay for r in runs])
@@ -286,6 +282,15 @@ class _Training:
         self.steps = self.epochs * self.batches_per_epoch
         self.step = 0
         self.encoder_params = int(cache.manifest.info.get("encoder_parameters", 0))
+        # Each head's labels on the split it is selected on (rows held out of training, or the
+        # evaluation split), read once.
+        held = self.keep_select is not None
+        self.selection = HOLDOUT if held else cfg.eval_split
+        labels = {r.info.label for r in self.runs.values()}
+        columns = {} if held else {c: cache.labels(cfg.eval_split, c).values for c in labels}
+        self.select_labels = {
+            n: r.column.values if held else columns[r.info.label] for n, r in self.runs.items()
+        }
 
     def describe(self) -> None:
         for name, r in self.runs.items():
@@ -335,11 +340,13 @@ class _Training:
 
     def train_epoch(self, epoch: int, active: list[str]) -> tuple[dict[str, float], int, float]:
         """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
-        cfg, runs = self.cfg, self.runs
-        stacks = sorted({runs[n].stack for n in active})
+        cfg, runs, where = self.cfg, self.runs, self.bank.where
+        stacks = sorted({where[n][0] for n in active})
         on = [[not r.done for r in self.members[s]] for s in range(len(self.members))]
+        # Heads stopped early learn nothing more: their losses are masked out of the backward.
+        masks = {s: torch.tensor(on[s], dtype=torch.float32, device=self.device) for s in stacks}
         start, seen = time.perf_counter(), 0
-        sums = {s: torch.zeros(len(self.members[s])) for s in stacks}
+        sums = {s: torch.zeros(len(self.members[s]), device=self.device) for s in stacks}
         self.bank.train()
         stream = batches(self.reader, cfg, sorted({runs[n].info.label for n in active}), self.stream_layers,
                          shuffle=True, epoch=epoch, keep=self.keep_train)  # fmt: skip
@@ -354,9 +361,8 @@ class _Training:
                 members = self.members[s]
                 targets = torch.stack([batch.labels[r.info.label] for r in members])
                 losses = losses_of(output, targets, members[0].column.kind)
-                mask = torch.tensor(on[s], dtype=losses.dtype, device=losses.device)
-                total = total + (losses * mask).sum()  # heads stopped early learn nothing more
-                sums[s] += losses.detach().cpu() * len(batch.rows)
+                total = total + (losses * masks[s]).sum()
+                sums[s] += losses.detach() * len(batch.rows)  # on the device: no sync per batch
             total.backward()  # heads share no parameters: each gets exactly its own gradient
             factor = _schedule(self.step, self.steps, cfg.warmup)
             for s in stacks:
@@ -364,26 +370,20 @@ class _Training:
                 self.optimizers[s].zero_grad()
             self.step += 1
             seen += len(batch.rows)
-        losses = {n: float(sums[runs[n].stack][runs[n].position]) / max(seen, 1) for n in active}
+        sums = {s: total.cpu() for s, total in sums.items()}
+        losses = {n: float(sums[where[n][0]][where[n][1]]) / max(seen, 1) for n in active}
         return losses, seen, time.perf_counter() - start
 
-    def predict(self, active: Sequence[str], select: bool) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
-        """Predictions of the active heads on the split they are selected on (or the evaluation split)."""
+    def select(self, active: Sequence[str]) -> dict[str, dict]:
+        """The active heads' metrics on the split they are selected on."""
         kinds = {n: self.runs[n].column.kind for n in active}
-        if select and self.keep_select is not None:
-            p, rows = evaluate_bank(self.bank, kinds, self.reader, self.cfg, self.stream_layers, self.device,
+        reader = self.reader if self.keep_select is not None else self.eval_reader
+        preds, rows = evaluate_bank(self.bank, kinds, reader, self.cfg, self.stream_layers, self.device,
                                     keep=self.keep_select)  # fmt: skip
-            return p, rows, HOLDOUT
-        p, rows = evaluate_bank(self.bank, kinds, self.eval_reader, self.cfg, self.stream_layers, self.device)
-        return p, rows, self.cfg.eval_split
-
-    def labels(self, name: str, split: str) -> np.ndarray:
-        r = self.runs[name]
-        return (
-            r.column.values
-            if split == HOLDOUT
-            else self.cache.labels(self.cfg.eval_split, r.info.label).values
-        )
+        return {
+            n: compute_metrics(self.runs[n].info.metrics, preds[n], self.select_labels[n][rows])
+            for n in active
+        }
 
     def save(self, name: str) -> None:
         stack, i = self.bank.head(name)
@@ -408,11 +408,10 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
         if not active:
             break
         losses, seen, seconds = run.train_epoch(epoch, active)
-        preds, rows, split = run.predict(active, select=True)
+        scores = run.select(active)
         for name in active:
-            r = runs[name]
-            metrics = compute_metrics(r.info.metrics, preds[name], run.labels(name, split)[rows])
-            entry = {"epoch": epoch, "loss": losses[name], **{f"{split}_{k}": v for k, v in metrics.items()},
+            r, metrics = runs[name], scores[name]
+            entry = {"epoch": epoch, "loss": losses[name], **{f"{run.selection}_{k}": v for k, v in metrics.items()},
                      "seconds": seconds, "examples_per_s": seen / seconds}  # fmt: skip
             r.history.append(entry)
             score = metrics[r.info.metrics[0]]
@@ -432,7 +431,7 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
     if cfg.select_on == HOLDOUT:  # the chosen checkpoints, scored once on the evaluation split
         final = evaluate([out / n for n in runs], run.cache.path, cfg.eval_split, cfg)
     for name, r in runs.items():
-        summary = {"best_epoch": r.best_epoch, "selected_on": HOLDOUT if cfg.select_on == HOLDOUT else cfg.eval_split,
+        summary = {"best_epoch": r.best_epoch, "selected_on": run.selection,
                    "selection": r.best_metrics, cfg.eval_split: final[name], "lr": r.lr, "weight_decay": r.weight_decay,
                    "tunable_parameters": run.parameters(name),
                    "encoder_parameters": run.encoder_params, "history": r.history}  # fmt: skip
