@@ -174,17 +174,31 @@ class Baseline:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output, target) if self.regression else F.cross_entropy(output, target)
 
-    def fit(self, method: str, epochs: int, evaluate: bool) -> dict:
-        """Train `epochs` epochs; each epoch's training seconds (and validation metrics if asked)."""
+    def fit(
+        self, method: str, epochs: int, evaluate: bool, lr: float | None = None, checkpoint: Path | None = None
+    ) -> dict:
+        """Train `epochs` epochs; each epoch's training seconds (and validation metrics if asked).
+
+        With `checkpoint`, the run's state is saved there after every epoch and a rerun continues
+        from it with the same batches and random state, so an hour-long run killed midway loses at
+        most an epoch."""
         model, params = self.build(method)
-        optimizer = torch.optim.AdamW(params, lr=BASELINE_LR[method], weight_decay=WEIGHT_DECAY)
+        optimizer = torch.optim.AdamW(params, lr=lr or BASELINE_LR[method], weight_decay=WEIGHT_DECAY)
         steps = epochs * math.ceil(len(self.train.ids) / BATCH)
         warm = max(1, int(WARMUP * steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
         )
-        history = []
-        for epoch in range(epochs):
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        history: list[dict] = []
+        if checkpoint is not None and checkpoint.exists():
+            state = torch.load(checkpoint, weights_only=True)
+            model.load_state_dict(state["model"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["rng"])
+            history = json.loads(state["history"])
+        for epoch in range(len(history), epochs):
             model.train()
             batches = train_batches(self.train_lengths, np.random.default_rng([self.seed, epoch]))
             start, seen, total = time.perf_counter(), 0, 0.0
@@ -209,6 +223,16 @@ class Baseline:
                 entry.update({f"validation_{k}": v for k, v in self.metrics(model).items()})
                 entry["eval_seconds"] = time.perf_counter() - start
             history.append(entry)
+            if checkpoint is not None:
+                state = {
+                    "model": {n: t for n, t in model.state_dict().items() if n in trained},
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "history": json.dumps(history),
+                }
+                torch.save(state, checkpoint.with_suffix(".tmp"))
+                checkpoint.with_suffix(".tmp").replace(checkpoint)
         return {"tunable_parameters": sum(p.numel() for p in params), "history": history}
 
     @torch.inference_mode()

@@ -1,0 +1,214 @@
+"""The two-encoder accuracy study: Y-Tuning, the linear probe, LoRA and full fine-tuning of
+all-MiniLM-L6-v2 and all-mpnet-base-v2 on five GLUE tasks (RESULTS.md 5f).
+
+Every finished run appends one line to --results (a JSON line keyed by encoder, task, method,
+setting and seed) and a rerun skips the keys already there, so the study runs over as many
+sessions as it needs. A LoRA or full fine-tuning run also saves its state after every epoch under
+--scratch and continues from there when it was killed midway.
+
+- Rows: the first 5,000 training rows of SST-2 and CoLA, the whole training splits of MRPC, RTE
+  and STS-B; every method of a task sees the same rows; evaluation on the whole validation split.
+- Y-Tuning and the probe: ytune's defaults (the default head, default epochs, best epoch on
+  validation, the last four hidden states cached), the probe at lr 1e-3; both train in one pass
+  over the task's cache, so the pass's seconds per epoch (reading included) are both heads'. Seeds
+  0, 1, 2.
+- LoRA r=8 on query/value and full fine-tuning (bench_train.py's Baseline: mean pooling, a linear
+  layer, batch 32, AdamW with 6% warm-up, clipping 1.0, 3 epochs, best validation epoch), each at
+  its usual learning rate and a higher one (SETTINGS); the better setting is kept on validation.
+- One torch thread per process: run the baselines in one process and Y-Tuning in another.
+
+    python benchmarks/bench_study.py --encoder mpnet --methods lora,full --settings usual
+    python benchmarks/bench_study.py --encoder mpnet --methods ytuning --seeds 0,1,2
+    python benchmarks/bench_study.py --table          # the table from what --results holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_train import Baseline
+from common import environment, glue_subset, markdown_table
+
+from ytune.extract.encoder import resolve_model
+from ytune.extract.pipeline import ExtractConfig, extract
+from ytune.train.trainer import HeadSpec, TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+ENCODERS = {"minilm": None, "mpnet": str(Path.home() / ".cache/ytune-models/all-mpnet-base-v2")}
+TASKS = {"sst2": 5000, "cola": 5000, "mrpc": None, "rte": None, "stsb": None}  # training rows (None: all)
+NAMES = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B"}
+SETTINGS = {"lora": {"usual": 5e-4, "high": 1e-3}, "full": {"usual": 2e-5, "high": 5e-5}}
+PROBE = HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)
+LAYERS = (-4, -3, -2, -1)
+EPOCHS = 3  # of LoRA and full fine-tuning
+
+
+def done_keys(path: Path) -> set[tuple]:
+    if not path.exists():
+        return set()
+    return {key(json.loads(line)) for line in path.read_text().splitlines() if line.strip()}
+
+
+def key(r: dict) -> tuple:
+    return (r["encoder"], r["task"], r["method"], r["setting"], r["seed"])
+
+
+def append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def headline_of(history: list[dict], metric: str) -> tuple[int, float]:
+    """The best epoch on validation (nan, a constant prediction's correlation, never wins)."""
+
+    def score(h: dict) -> float:
+        x = h.get(f"validation_{metric}", math.nan)
+        return x if math.isfinite(x) else -math.inf
+
+    best = max(range(len(history)), key=lambda i: score(history[i]))
+    return best, history[best].get(f"validation_{metric}", math.nan)
+
+
+def run_heads(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
+    """Y-Tuning's default head and the probe, one pass per seed, on the task's cache."""
+    todo = [s for s in seeds if any((encoder, task, m, "default", s) not in done for m in ("ytuning", "probe"))]
+    if not todo:
+        return
+    data = glue_subset(task, TASKS[task], a.glue)
+    metric = data.task.metrics[0]
+    cfg = ExtractConfig(model=ENCODERS[encoder], layers=LAYERS, cache_dir=a.cache_dir, progress=False)
+    ex = extract(data, cfg)
+    for seed in todo:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            heads = [HeadSpec("ytuning"), PROBE]
+            train(ex.path, heads, TrainConfig(seed=seed, threads=a.threads, progress=False), Path(out), log=print)
+            wall = time.perf_counter() - start
+            for spec in heads:
+                m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
+                record = {
+                    "encoder": encoder, "task": task, "method": spec.name, "setting": "default", "seed": seed,
+                    "lr": m["lr"], "train_rows": len(data.splits["train"]), "metric": metric,
+                    "headline": m["validation"].get(metric, math.nan), "validation": m["validation"],
+                    "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
+                    "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
+                    "tunable_parameters": m["tunable_parameters"],
+                    "encoder_parameters": m["encoder_parameters"], "wall_s": wall,
+                    "history": m["history"], "environment": environment(),
+                }  # fmt: skip
+                append(a.results, record)
+                print(f"{encoder} {task} {spec.name} seed {seed}: {metric} {record['headline']:.4f}", flush=True)
+
+
+def run_baseline(encoder: str, task: str, method: str, setting: str, seed: int, a: argparse.Namespace) -> None:
+    data = glue_subset(task, TASKS[task], a.glue)
+    metric = data.task.metrics[0]
+    base = Baseline(resolve_model(ENCODERS[encoder]), data, seed)
+    a.scratch.mkdir(parents=True, exist_ok=True)
+    checkpoint = a.scratch / f"{encoder}-{task}-{method}-{setting}-{seed}.pt"
+    lr = SETTINGS[method][setting]
+    start = time.perf_counter()
+    fit = base.fit(method, EPOCHS, evaluate=True, lr=lr, checkpoint=checkpoint)
+    best, headline = headline_of(fit["history"], metric)
+    record = {
+        "encoder": encoder, "task": task, "method": method, "setting": setting, "seed": seed, "lr": lr,
+        "train_rows": len(data.splits["train"]), "metric": metric, "headline": headline,
+        "validation": {k: fit["history"][best][f"validation_{k}"] for k in data.task.metrics},
+        "best_epoch": best, "epochs": EPOCHS,
+        "s_per_epoch": statistics.median(h["seconds"] for h in fit["history"]),
+        "tunable_parameters": fit["tunable_parameters"],
+        "encoder_parameters": sum(p.numel() for p in base.encoder.parameters()),
+        "wall_s_last_session": time.perf_counter() - start, "history": fit["history"], "environment": environment(),
+    }  # fmt: skip
+    append(a.results, record)
+    checkpoint.unlink(missing_ok=True)
+    print(f"{encoder} {task} {method} {setting} seed {seed}: {metric} {headline:.4f}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The table
+
+
+def table(path: Path) -> str:
+    """Per encoder and task: each method's headline (Y-Tuning and the probe: median of seeds with
+    min-max; baselines: the better setting), Y-Tuning's and LoRA's % of full fine-tuning, s/epoch."""
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, shares = [], {}
+    for encoder in ENCODERS:
+        for task in TASKS:
+            mine = [r for r in runs if r["encoder"] == encoder and r["task"] == task]
+            if not mine:
+                continue
+            cell, score, cost = {}, {}, {}
+            for method in ("ytuning", "probe"):
+                got = sorted(r["headline"] for r in mine if r["method"] == method)
+                if got:
+                    score[method] = statistics.median(got)
+                    cell[method] = f"{score[method]:.4f} ({got[0]:.4f}-{got[-1]:.4f}, {len(got)} seeds)"
+                    cost[method] = statistics.median(r["s_per_epoch"] for r in mine if r["method"] == method)
+            for method in SETTINGS:
+                got = [r for r in mine if r["method"] == method]
+                if got:
+                    best = max(got, key=lambda r: r["headline"] if math.isfinite(r["headline"]) else -math.inf)
+                    score[method], cost[method] = best["headline"], best["s_per_epoch"]
+                    cell[method] = f"{best['headline']:.4f} (lr {best['lr']:g})"
+            full = score.get("full")
+
+            def of_full(m: str) -> str:
+                if full and m in score:
+                    shares.setdefault((encoder, m), []).append(100 * score[m] / full)
+                    return f"{100 * score[m] / full:.1f}%"
+                return "-"
+
+            rows.append([encoder, NAMES[task], mine[0]["metric"], cell.get("ytuning", "-"), cell.get("probe", "-"),
+                         cell.get("lora", "-"), cell.get("full", "-"), of_full("ytuning"), of_full("lora"),
+                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("ytuning", "lora", "full"))])  # fmt: skip
+    headers = ["encoder", "task", "metric", "Y-Tuning", "probe", "LoRA r=8", "full FT",
+               "Y-Tuning % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
+    out = markdown_table(headers, rows)
+    for (encoder, method), got in sorted(shares.items()):
+        if method in ("ytuning", "lora"):
+            out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--glue", default=str(HERE.parents[1] / "shared/data/glue"))
+    p.add_argument("--encoder", choices=list(ENCODERS), default="mpnet")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--methods", default="ytuning,lora,full", help="ytuning (trains the probe too), lora, full")
+    p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
+    p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", type=Path, default=Path("/work/caches"), help="where the task caches live")
+    p.add_argument("--scratch", type=Path, default=Path.home() / ".cache/ytune-study", help="epoch checkpoints")
+    p.add_argument("--results", type=Path, default=HERE / "results/study.jsonl")
+    p.add_argument("--table", action="store_true", help="print the table from --results and stop")
+    a = p.parse_args()
+    if a.table:
+        print(table(a.results))
+        return
+    torch.set_num_threads(a.threads)
+    tasks, methods = a.tasks.split(","), a.methods.split(",")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    for task in tasks:
+        if "ytuning" in methods:
+            run_heads(a.encoder, task, seeds, a, done_keys(a.results))
+    for setting in a.settings.split(","):
+        for task in tasks:
+            for method in (m for m in methods if m in SETTINGS):
+                for seed in seeds:
+                    if (a.encoder, task, method, setting, seed) not in done_keys(a.results):
+                        run_baseline(a.encoder, task, method, setting, seed, a)
+
+
+if __name__ == "__main__":
+    main()
