@@ -11,7 +11,7 @@ thread count (--threads, default 1).
   the training seconds ytune records in the head's metrics.json (evaluation excluded).
 - Linear probe (accuracy only): HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3), trained in
   the same pass over the cache as the Y-Tuning head.
-- LoRA: peft LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1) on
+- LoRA: peft LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1) on the query and value projections of
   the encoder, mean pooling over real tokens, a linear layer (one output per class, one output for
   a regression task); lr 5e-4.
 - Full fine-tuning: the same model with every parameter trained; lr 3e-5.
@@ -74,7 +74,9 @@ BATCH = 32
 MAX_LENGTH = ExtractConfig().max_length
 _TRAIN = TrainConfig()  # the optimiser settings every contender shares with ytune's trainer
 WEIGHT_DECAY, WARMUP, CLIP = _TRAIN.weight_decay, _TRAIN.warmup, _TRAIN.clip
-LORA = dict(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1)
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.1)
+# LoRA's query and value projections, by the encoder's model type (their module names differ).
+QUERY_VALUE = {"bert": ["query", "value"], "mpnet": ["q", "v"], "deberta-v2": ["query_proj", "value_proj"]}
 BASELINE_LR = {"lora": 5e-4, "full": 3e-5}
 PROBE_LR = 1e-3
 SWEEP_LRS = (2.5e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3)  # the 8 heads of one pass
@@ -165,7 +167,8 @@ class Baseline:
         if method == "lora":
             from peft import LoraConfig, get_peft_model
 
-            encoder = get_peft_model(encoder, LoraConfig(**LORA))
+            targets = QUERY_VALUE[encoder.config.model_type]
+            encoder = get_peft_model(encoder, LoraConfig(**LORA, target_modules=targets))
         else:
             encoder.requires_grad_(True)
         model = MeanPoolModel(encoder, self.encoder.config.hidden_size, self.outputs, self.regression)
