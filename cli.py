@@ -71,33 +71,82 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def attach_labels(path, args: argparse.Namespace) -> None:
-    """A new label column over texts already cached: no extraction. The file's rows are joined to
-    the split's rows by position, and its texts must be the cached texts, so a shuffled or edited
-    file is refused instead of silently mislabelling."""
-    from ytune.cache.manifest import read_manifest
+    """A new label column over texts already cached: no extraction. Each cached row takes the label
+    of the file's row with the same text (and second text), so a file in any order, or one file
+    for several splits, labels them. A cached row the file lacks, or a text the file labels twice
+    differently, is refused with the row that shows it, never silently mislabelled."""
+    from ytune.cache.reader import open_cache
     from ytune.cache.writer import CacheWriter
-    from ytune.extract.data import load_files, text_fingerprint
+    from ytune.extract.data import load_files
 
-    manifest = read_manifest(path)
-    if args.split not in manifest.splits:
-        raise UserError(f"cache {path} has no split {args.split!r} (it has: {', '.join(manifest.splits)}).")
-    data = load_files(
-        {args.split: args.file}, args.text_field, args.text_pair_field, args.label_field, args.name
-    )
-    split = data.splits[args.split]
-    if text_fingerprint(split) != manifest.splits[args.split].text_fingerprint:
-        raise UserError(f"the texts in {args.file} are not the texts of split {args.split!r}, row for row; "
-                        "labels are joined by row, so the file must list the same texts in the same order.")  # fmt: skip
-    if split.labels is None:
-        raise UserError(f"{args.file} has no labels in column {args.label_field!r}.")
-    if path.name != manifest.cache_id:
-        raise UserError(
-            f"{path} is named {path.name}, not its cache id {manifest.cache_id}; rename it back first."
-        )
+    cache = open_cache(path)
+    files: dict[str, str] = {}
+    for item in args.file:
+        split, _, file = item.rpartition("=")
+        for s in [split] if split else args.split or []:
+            if files.setdefault(s, file) != file:
+                raise UserError(f"split {s!r} is given two files ({files[s]} and {file}); give it one.")
+        if not split and not args.split:
+            raise UserError(f"say which split(s) {file} labels: --split train, or --file train={file}.")
+    unknown = [s for s in files if s not in cache.splits]
+    if unknown:
+        raise UserError(f"cache {path} has no split {unknown[0]!r} (it has: {', '.join(cache.splits)}).")
+    if path.name != cache.manifest.cache_id:
+        raise UserError(f"{path} is named {path.name}, not its cache id {cache.manifest.cache_id}; rename it back first.")  # fmt: skip
+    data = load_files(files, args.text_field, args.text_pair_field, args.label_field, args.name)
+    labels = {}
+    for split, file in files.items():
+        given = data.splits[split]
+        if given.labels is None:
+            raise UserError(f"{file} has no labels in column {args.label_field!r}.")
+        labels[split] = join_by_text(cache, split, file, given)
     task = data.task
-    with CacheWriter(path.parent, manifest.identity, manifest.backend) as writer:
-        writer.set_labels(args.split, task.name, split.labels, task.kind, task.label_names, task.metrics)
-    print(f"label column {task.name!r} attached to split {args.split!r} of {path}")
+    with CacheWriter(path.parent, cache.identity, cache.manifest.backend) as writer:
+        for split, values in labels.items():
+            writer.set_labels(split, task.name, values, task.kind, task.label_names, task.metrics)
+    print(f"label column {task.name!r} attached to split(s) {', '.join(labels)} of {path}")
+
+
+def join_by_text(cache, split: str, file: str, given) -> list:
+    """The file's label for each cached row of `split`, matched by text; runs of whitespace count as
+    one space (SST-2's cached texts end in one that a cleaned copy drops)."""
+    from ytune.extract.data import text_fingerprint
+
+    cached = cache.texts(split)
+    rows = cache.manifest.splits[split].rows
+    if cached is None:  # extracted before texts were kept: only the file's row order can tell
+        if text_fingerprint(given) != cache.manifest.splits[split].text_fingerprint:
+            raise UserError(f"the texts in {file} ({len(given.texts)} rows) are not the {rows} texts of split "
+                            f"{split!r}, row for row; this cache predates kept texts, so labels are joined by "
+                            "row (extract it again to join by text).")  # fmt: skip
+        return list(given.labels)
+    texts, pairs = cached
+    if (pairs is None) != (given.pairs is None):
+        fix = (
+            "name the second text's column with --text-pair-field"
+            if given.pairs is None
+            else "drop --text-pair-field"
+        )
+        raise UserError(f"split {split!r} holds {'single texts' if pairs is None else 'pairs of texts'}: {fix}.")  # fmt: skip
+
+    def keys(texts: list[str], pairs: list[str] | None) -> list[tuple[str, str]]:
+        seconds = pairs or [""] * len(texts)
+        return [(" ".join(t.split()), " ".join(p.split())) for t, p in zip(texts, seconds, strict=True)]
+
+    index, twice = {}, set()
+    for key, label in zip(keys(given.texts, given.pairs), given.labels, strict=True):
+        if index.setdefault(key, label) != label:
+            twice.add(key)
+    out, wanted = [], keys(texts, pairs)
+    for row, key in enumerate(wanted):
+        if key in twice:
+            raise UserError(f"{file} gives the text {texts[row]!r} (row {row + 1} of split {split!r}) two different labels.")  # fmt: skip
+        if key not in index:
+            missing = sum(k not in index for k in wanted)
+            raise UserError(f"{missing} of the {rows} rows of split {split!r} have no text in {file} ({len(given.texts)} "
+                            f"rows); the first is row {row + 1}: {texts[row]!r}.")  # fmt: skip
+        out.append(index[key])
+    return out
 
 
 def int_list(text: str) -> list[int]:
@@ -454,12 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
     lab = verbs.add_parser(
         "label",
         help="attach a new label column (a new task) to a cached split, without extracting again",
-        description="Attach a label column to a cached split. The file (CSV/TSV/JSON/JSONL/Parquet) lists "
-        "the split's texts in the cache's row order with a label for each; the texts must match exactly.",
+        description="Attach a label column to cached splits. Each cached row takes the label of the file's "
+        "row with the same text (runs of whitespace count as one space), so the file's order does not "
+        "matter and it may hold other texts too; every cached row of the split must be in it.",
     )
     lab.add_argument("path", help="cache folder, or cache id under --cache-dir")
-    lab.add_argument("--split", required=True, help="the cached split the labels belong to")
-    lab.add_argument("--file", required=True, help="file with the texts and their labels")
+    lab.add_argument(
+        "--file",
+        action="append",
+        required=True,
+        metavar="[SPLIT=]PATH",
+        help="CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare "
+        "PATH the splits named by --split; repeat for several",
+    )
+    lab.add_argument("--split", action="append", help="split(s) a bare --file PATH labels")
     lab.add_argument("--name", required=True, help="name of the new label column (the task)")
     lab.add_argument("--text-field", required=True, help="column holding the text")
     lab.add_argument("--text-pair-field", help="column holding the second text of pairs")

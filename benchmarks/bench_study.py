@@ -78,7 +78,9 @@ def headline_of(history: list[dict], metric: str) -> tuple[int, float]:
 
 def run_heads(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
     """Y-Tuning's default head and the probe, one pass per seed, on the task's cache."""
-    todo = [s for s in seeds if any((encoder, task, m, "default", s) not in done for m in ("ytuning", "probe"))]
+    todo = [
+        s for s in seeds if any((encoder, task, m, "default", s) not in done for m in ("ytuning", "probe"))
+    ]
     if not todo:
         return
     data = glue_subset(task, TASKS[task], a.glue)
@@ -89,7 +91,13 @@ def run_heads(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             heads = [HeadSpec("ytuning"), PROBE]
-            train(ex.path, heads, TrainConfig(seed=seed, threads=a.threads, progress=False), Path(out), log=print)
+            train(
+                ex.path,
+                heads,
+                TrainConfig(seed=seed, threads=a.threads, progress=False),
+                Path(out),
+                log=print,
+            )
             wall = time.perf_counter() - start
             for spec in heads:
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
@@ -104,10 +112,14 @@ def run_heads(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
                     "history": m["history"], "environment": environment(),
                 }  # fmt: skip
                 append(a.results, record)
-                print(f"{encoder} {task} {spec.name} seed {seed}: {metric} {record['headline']:.4f}", flush=True)
+                print(
+                    f"{encoder} {task} {spec.name} seed {seed}: {metric} {record['headline']:.4f}", flush=True
+                )
 
 
-def run_baseline(encoder: str, task: str, method: str, setting: str, seed: int, a: argparse.Namespace) -> None:
+def run_baseline(
+    encoder: str, task: str, method: str, setting: str, seed: int, a: argparse.Namespace
+) -> None:
     data = glue_subset(task, TASKS[task], a.glue)
     metric = data.task.metrics[0]
     base = Baseline(resolve_model(ENCODERS[encoder]), data, seed)
@@ -156,26 +168,23 @@ def table(path: Path) -> str:
             for method in SETTINGS:
                 got = [r for r in mine if r["method"] == method]
                 if got:
-                    best = max(got, key=lambda r: r["headline"] if math.isfinite(r["headline"]) else -math.inf)
+                    best = max(
+                        got, key=lambda r: r["headline"] if math.isfinite(r["headline"]) else -math.inf
+                    )
                     score[method], cost[method] = best["headline"], best["s_per_epoch"]
                     cell[method] = f"{best['headline']:.4f} (lr {best['lr']:g})"
             full = score.get("full")
-
-            def of_full(m: str) -> str:
-                if full and m in score:
-                    shares.setdefault((encoder, m), []).append(100 * score[m] / full)
-                    return f"{100 * score[m] / full:.1f}%"
-                return "-"
-
+            of_full = {m: 100 * score[m] / full for m in ("ytuning", "lora") if full and m in score}
+            for m, share in of_full.items():
+                shares.setdefault((encoder, m), []).append(share)
             rows.append([encoder, NAMES[task], mine[0]["metric"], cell.get("ytuning", "-"), cell.get("probe", "-"),
-                         cell.get("lora", "-"), cell.get("full", "-"), of_full("ytuning"), of_full("lora"),
+                         cell.get("lora", "-"), cell.get("full", "-"), *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in ("ytuning", "lora")),
                          " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("ytuning", "lora", "full"))])  # fmt: skip
     headers = ["encoder", "task", "metric", "Y-Tuning", "probe", "LoRA r=8", "full FT",
                "Y-Tuning % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
     out = markdown_table(headers, rows)
     for (encoder, method), got in sorted(shares.items()):
-        if method in ("ytuning", "lora"):
-            out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
+        out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
     return out
 
 
@@ -184,12 +193,16 @@ def main() -> None:
     p.add_argument("--glue", default=str(HERE.parents[1] / "shared/data/glue"))
     p.add_argument("--encoder", choices=list(ENCODERS), default="mpnet")
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--methods", default="ytuning,lora,full", help="ytuning (trains the probe too), lora, full")
+    p.add_argument(
+        "--methods", default="ytuning,lora,full", help="ytuning (trains the probe too), lora, full"
+    )
     p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
     p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=Path("/work/caches"), help="where the task caches live")
-    p.add_argument("--scratch", type=Path, default=Path.home() / ".cache/ytune-study", help="epoch checkpoints")
+    p.add_argument(
+        "--scratch", type=Path, default=Path.home() / ".cache/ytune-study", help="epoch checkpoints"
+    )
     p.add_argument("--results", type=Path, default=HERE / "results/study.jsonl")
     p.add_argument("--table", action="store_true", help="print the table from --results and stop")
     a = p.parse_args()

@@ -178,7 +178,12 @@ class Baseline:
         return F.mse_loss(output, target) if self.regression else F.cross_entropy(output, target)
 
     def fit(
-        self, method: str, epochs: int, evaluate: bool, lr: float | None = None, checkpoint: Path | None = None
+        self,
+        method: str,
+        epochs: int,
+        evaluate: bool,
+        lr: float | None = None,
+        checkpoint: Path | None = None,
     ) -> dict:
         """Train `epochs` epochs; each epoch's training seconds (and validation metrics if asked).
 

@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the one process allowed to write the cache
 MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ranks of one job share it)
+TEXTS = "texts.json"  # per split: the texts (and second texts) the features were extracted from
 TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
 DTYPES = ("float16", "bfloat16")
 FEATURES, OFFSETS, ROW = "features", "offsets", "row"

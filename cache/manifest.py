@@ -46,6 +46,7 @@ class SplitRecord:
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     labels: dict[str, LabelRecord] = field(default_factory=dict)
     truncated: int = 0  # rows cut at max_length
+    texts: str | None = None  # sha256 of <split>/texts.json (None: extracted before texts were kept)
 
     @property
     def complete(self) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ytune.cache.backends import ShardArrays, get_backend, is_whole
-from ytune.cache.format import decode
+from ytune.cache.format import TEXTS, decode
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
 from ytune.errors import UserError
@@ -111,6 +111,19 @@ class Cache:
             values = np.array([np.nan if v is None else v for v in doc["values"]], dtype=np.float64)
         vectors = np.asarray(doc["vectors"], dtype=np.float32) if "vectors" in doc else None
         return LabelColumn(column, meta.kind, meta.names, meta.metrics, values, vectors)
+
+    def texts(self, split: str) -> tuple[list[str], list[str] | None] | None:
+        """The split's texts and second texts (None for pairs of single texts) in row order; None
+        for a cache extracted before texts were kept."""
+        if self._record(split).texts is None:
+            return None
+        file = self.path / split / TEXTS
+        try:
+            doc = json.loads(file.read_text())
+            return doc["texts"], doc["pairs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{split}/{TEXTS} of cache {self.path} is missing or damaged ({type(e).__name__}); "
+                            "run ytune cache verify.") from None  # fmt: skip
 
     def _record(self, split: str) -> SplitRecord:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, TEXTS, default_root, shard_name
 from ytune.cache.manifest import read_manifest
 from ytune.errors import UserError
 
@@ -75,7 +75,7 @@ def info(path: Path) -> dict:
 
 def verify(path: Path, drop: bool = False) -> list[str]:
     """Recompute every checksum the manifest lists; return one line per problem, naming the shard
-    or label file (empty when the cache is sound). Planned shards the manifest does not list are
+    label or text file (empty when the cache is sound). Planned shards the manifest does not list are
     named too. `drop` takes damaged shards out of the manifest, so that rerunning the extraction
     rebuilds just them."""
     from ytune.cache.backends import checksum, get_backend, size_on_disk
@@ -103,12 +103,13 @@ def verify(path: Path, drop: bool = False) -> list[str]:
                 problems.append(
                     f"{split}/{shard_name(index)}{suffix}: not in the manifest (not written yet, or dropped)"
                 )
-        for column, label in sorted(record.labels.items()):
-            file = path / split / "labels" / f"{column}.json"
-            if not file.exists():
-                problems.append(f"{split}/labels/{file.name}: missing")
-            elif checksum(file) != label.checksum:
-                problems.append(f"{split}/labels/{file.name}: checksum mismatch")
+        files = {f"labels/{column}.json": label.checksum for column, label in sorted(record.labels.items())}
+        files.update({TEXTS: record.texts} if record.texts else {})
+        for name, digest in files.items():
+            if not (path / split / name).exists():
+                problems.append(f"{split}/{name}: missing")
+            elif checksum(path / split / name) != digest:
+                problems.append(f"{split}/{name}: checksum mismatch")
         if drop and damaged:
             with take_lock(path):
                 drop_shards(path, split, damaged)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ytune.cache.backends import ShardSink, checksum, fsync_tree, get_backend, is_whole, size_on_disk
-from ytune.cache.format import LOCK, MANIFEST, TMP_PREFIX, numpy_dtype, shard_name
+from ytune.cache.format import LOCK, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
     LabelRecord,
@@ -154,8 +154,13 @@ class CacheWriter:
         text_fingerprint: str,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         truncated: int = 0,
+        texts: tuple[Sequence[str], Sequence[str] | None] | None = None,
     ) -> list[ShardPlan]:
-        """Plan `split` and record it; a split already recorded must match text and plan."""
+        """Plan `split` and record it; a split already recorded must match text and plan.
+
+        `texts` (the split's texts and second texts) are kept beside the features, so labels made
+        later can be joined to the cached rows by text (`ytune cache label`) and errors can quote
+        a row; they cost a few bytes per token next to kilobytes of features."""
         hidden_bytes = numpy_dtype(self.identity.dtype).itemsize * len(self.identity.layers)
         bytes_per_token = hidden_bytes * int(self.manifest().info.get("hidden_size", 1))
         plan = plan_shards(lengths, bytes_per_token, shard_bytes)
@@ -167,9 +172,15 @@ class CacheWriter:
             num_shards=len(plan),
             truncated=truncated,
         )
+        (self.path / split).mkdir(exist_ok=True)
+        if texts is not None:
+            doc = {"texts": list(texts[0]), "pairs": None if texts[1] is None else list(texts[1])}
+            record.texts = self._write_json(self.path / split / TEXTS, doc)
 
         def add(manifest: Manifest) -> None:
             old = manifest.splits.get(split)
+            if old is not None and old.texts is None and old.text_fingerprint == text_fingerprint:
+                old.texts = record.texts  # a cache from before texts were kept gains them on resume
             if old is None:
                 manifest.splits[split] = record
             elif old.text_fingerprint != text_fingerprint:
@@ -183,7 +194,6 @@ class CacheWriter:
                     f"rerun with the shard size it was started with."
                 )
 
-        (self.path / split).mkdir(exist_ok=True)
         update_manifest(self.path, add)
         return plan
 
@@ -262,13 +272,20 @@ class CacheWriter:
         }
         if vectors is not None:
             doc["vectors"] = np.asarray(vectors, dtype=np.float32).tolist()
-        final = label_dir / f"{column}.json"
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-        write_durably(tmp, json.dumps(doc, allow_nan=False, separators=(",", ":")))
-        label = LabelRecord(kind=kind, names=doc["names"], metrics=list(metrics), checksum=checksum(tmp))
-        os.replace(tmp, final)
-        fsync_dir(label_dir)
+        digest = self._write_json(label_dir / f"{column}.json", doc)
+        label = LabelRecord(kind=kind, names=doc["names"], metrics=list(metrics), checksum=digest)
         update_manifest(self.path, lambda m: m.splits[split].labels.__setitem__(column, label))
+
+    @staticmethod
+    def _write_json(final: Path, doc: dict) -> str:
+        """Write `doc` to `final` durably and atomically (ranks writing the same file race safely);
+        its checksum."""
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+        write_durably(tmp, json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
+        digest = checksum(tmp)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return digest
 
     def _remove_uncommitted(self) -> None:
         """Delete temporaries and shards the manifest does not list: what a killed run left."""

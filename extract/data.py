@@ -413,9 +413,11 @@ def load_files(
     paths = {str(split): Path(p).expanduser() for split, p in files.items()}
 
     tables = {split: _read_table(path, limit) for split, path in paths.items()}
+    # Errors name the file, and its split where there are several (predict's --input is one file).
+    wheres = {s: f"split {s!r} ({p})" if len(paths) > 1 else str(p) for s, p in paths.items()}
     data: dict[str, dict[str, Any]] = {}
     for split, table in tables.items():
-        where = f"split {split!r} ({paths[split]})"
+        where = wheres[split]
         for field, what in ((text_field, "text"), (text_pair_field, "text pair")):
             if field is not None and field not in table:
                 raise UserError(
@@ -435,7 +437,7 @@ def load_files(
         spec = glue_spec or TaskSpec(name, "classification", None, ("accuracy",))
         labels: dict[str, list | None] = dict.fromkeys(paths)
     else:
-        spec, labels = _labels(tables, paths, label_field, ref, name, glue_spec)
+        spec, labels = _labels(tables, wheres, label_field, ref, name, glue_spec)
 
     splits = {
         split: SplitData(texts=d["texts"], pairs=d["pairs"], labels=labels[split])
@@ -488,7 +490,7 @@ def _norm_label(v: Any) -> tuple[str | None, float | int | None]:
 
 def _labels(
     tables: dict[str, dict[str, list[Any]]],
-    paths: dict[str, Path],
+    wheres: dict[str, str],
     field: str,
     ref: str,
     name: str,
@@ -499,8 +501,7 @@ def _labels(
     if not present:
         cols = ", ".join(tables[ref])
         raise UserError(
-            f"The label column {field!r} is in none of the files; the columns of split {ref!r} "
-            f"({paths[ref]}) are: {cols}."
+            f"The label column {field!r} is in none of the files; the columns of {wheres[ref]} are: {cols}."
         )
     norm: dict[str, list[tuple[str | None, Any]] | None] = {}
     for split, table in tables.items():
@@ -513,7 +514,7 @@ def _labels(
                 cells.append(_norm_label(v))
             except TypeError as e:
                 raise UserError(
-                    f"Row {i + 1} of split {split!r} ({paths[split]}) has a {e} in label column {field!r}, "
+                    f"Row {i + 1} of {wheres[split]} has a {e} in label column {field!r}, "
                     "not a number or a string."
                 ) from None
         keys_present = [k for k, _ in cells if k is not None]
@@ -524,7 +525,7 @@ def _labels(
         for i, (k, _) in enumerate(cells):
             if k is None:
                 raise UserError(
-                    f"Row {i + 1} of split {split!r} ({paths[split]}) has no label in column {field!r} "
+                    f"Row {i + 1} of {wheres[split]} has no label in column {field!r} "
                     "while other rows do; fill it in or drop the row."
                 )
         norm[split] = cells
@@ -549,12 +550,12 @@ def _labels(
             for i, (k, n) in enumerate(norm[split]):
                 if n is None:
                     raise UserError(
-                        f"Row {i + 1} of split {split!r} ({paths[split]}) has the target {k!r} in column "
+                        f"Row {i + 1} of {wheres[split]} has the target {k!r} in column "
                         f"{field!r}, which is not a number."
                     )
                 if not math.isfinite(n):
                     raise UserError(
-                        f"Row {i + 1} of split {split!r} ({paths[split]}) has a NaN or infinite target in "
+                        f"Row {i + 1} of {wheres[split]} has a NaN or infinite target in "
                         f"column {field!r}; fill it in or drop the row."
                     )
                 vals.append(float(n))
@@ -578,7 +579,7 @@ def _labels(
             names = tuple(sorted(keys))
         if len(names) < 2:
             raise UserError(
-                f"The label column {field!r} of split {ref_split!r} ({paths[ref_split]}) holds only the "
+                f"The label column {field!r} of {wheres[ref_split]} holds only the "
                 f"label {names[0]!r}; a classifier needs at least two."
             )
         index = {n: i for i, n in enumerate(names)}
@@ -593,8 +594,7 @@ def _labels(
             j = index.get(k)
             if j is None:
                 raise UserError(
-                    f"Row {i + 1} of split {split!r} ({paths[split]}) has the label {k!r}, which is not in "
-                    f"{source}."
+                    f"Row {i + 1} of {wheres[split]} has the label {k!r}, which is not in {source}."
                 )
             idx.append(j)
         out[split] = idx

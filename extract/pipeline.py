@@ -201,7 +201,12 @@ def _plan(
     for name, split in dataset.splits.items():
         tok = tokenized[name]
         plans[name] = writer.plan_split(
-            name, tok.lengths, text_fingerprint(split), cfg.shard_bytes, tok.truncated
+            name,
+            tok.lengths,
+            text_fingerprint(split),
+            cfg.shard_bytes,
+            tok.truncated,
+            (split.texts, split.pairs),
         )
         if split.labels is not None and writer.exclusive:
             writer.set_labels(

@@ -38,7 +38,8 @@ def run(
         os.kill(os.getpid(), signal.SIGKILL)
 
     with writer.CacheWriter(root, identity(dtype), backend, info={"hidden_size": HIDDEN}) as w:
-        plan = w.plan_split("train", lengths(), "text-fp", shard_bytes=shard_bytes)
+        texts = [f"toy row {i}" for i in range(len(lengths()))]
+        plan = w.plan_split("train", lengths(), "text-fp", shard_bytes=shard_bytes, texts=(texts, None))
         done = w.committed("train")
         for shard in plan:
             if shard.name in done:

@@ -491,15 +491,18 @@ def test_cache_verify_exits_2_naming_the_damaged_shard(toy, backend, how):
     assert [line for line in run.out.splitlines() if "shard-00002" in line], run.out
 
 
-def test_cache_verify_names_a_damaged_label_file(toy):
+def test_cache_verify_names_a_damaged_label_or_text_file(toy):
     path = toy()
     label = path / "train" / "labels" / "parity.json"
     doc = json.loads(label.read_text())
     doc["values"][0] = 1 - doc["values"][0]  # one label changed, same size
     label.write_text(json.dumps(doc, separators=(",", ":")))
+    texts = path / "train" / "texts.json"
+    texts.write_text(texts.read_text().replace("row", "raw", 1))
     run = ytune("cache", "verify", path)
-    error_line(run, "failed verification")
+    error_line(run, "failed verification", "2 problem")
     assert "train/labels/parity.json: checksum mismatch" in run.out
+    assert "train/texts.json: checksum mismatch" in run.out
 
 
 @pytest.mark.parametrize(
@@ -894,13 +897,17 @@ def test_eval_on_a_folder_that_is_not_a_head_is_one_sentence(toy, toy_head, tmp_
 @pytest.mark.parametrize("given", ["nothing", "empty-file", "blank-texts"])
 def test_predict_with_no_texts_is_one_sentence(toy_head, tmp_path, given):
     args = []
-    words = {"nothing": ["give texts"], "empty-file": ["no rows"], "blank-texts": ["row 1", "empty text"]}[
-        given
-    ]
+    words = {
+        "nothing": ["give texts"],
+        "empty-file": ["no rows"],
+        "blank-texts": ["Row 1 of ", "in.csv has an empty text"],
+    }[given]
     if given != "nothing":
         content = "text\n" if given == "empty-file" else 'text\n"  "\n'
         args = ["--input", write_file(tmp_path, "in.csv", content)]
-    error_line(ytune("predict", "--head", toy_head, *args), *words)
+    run = ytune("predict", "--head", toy_head, *args)
+    error_line(run, *words)
+    assert "split" not in run.err  # one file: no split to name
 
 
 def test_a_resumed_cache_reads_back_every_row_once(kill_matrix):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,23 +174,38 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path, glue):
-    sst2 = sst2_copy
+def label_cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "cache", "label", str(cache), "--name", "size", "--text-field", "sentence",
+                           "--label-field", "size", *args], capture_output=True, text=True)  # fmt: skip
+
+
+def size_file(path: Path, texts: list[str]) -> Path:
+    """A label file of sentence length (long/short) over `texts`."""
     import csv
 
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "size"])
+        w.writerows([t, "long" if len(t.split()) > 12 else "short"] for t in texts)
+    return path
+
+
+def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path, glue):
+    sst2 = sst2_copy
     shards_before = sorted(p.name for p in (sst2 / "train").glob("shard-*"))
+    files = []
     for split, limit in (("train", 300), ("validation", 200)):
-        texts = load_glue("sst2", [split], glue, limit=limit).splits[split].texts
-        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["sentence", "size"])
-            w.writerows([t, "long" if len(t.split()) > 12 else "short"] for t in texts)
-        out = subprocess.run([*CLI, "cache", "label", str(sst2), "--split", split, "--file", str(tmp_path / f"{split}.csv"),
-                              "--name", "size", "--text-field", "sentence", "--label-field", "size"],
-                             capture_output=True, text=True)  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        # Cleaned and shuffled, as a user's own export would be: rows are joined by text.
+        texts = [t.strip() for t in load_glue("sst2", [split], glue, limit=limit).splits[split].texts]
+        files += ["--file", f"{split}={size_file(tmp_path / f'{split}.csv', texts[::-1])}"]
+    out = label_cli(sst2, *files)
+    assert out.returncode == 0, out.stderr
     column = open_cache(sst2).labels("train", "size")
     assert column.names == ["long", "short"] and column.kind == "classification"
+    texts = open_cache(sst2).texts("train")[0]
+    assert [column.names[v] for v in column.values] == [
+        "long" if len(t.split()) > 12 else "short" for t in texts
+    ]
     results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})], quick(epochs=8),
                     tmp_path / "r", log=lambda m: None)  # fmt: skip
     assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
@@ -203,12 +219,43 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
     )
     assert load_head(tmp_path / "p" / "plain")[1].label == "sst2"
     assert sorted(p.name for p in (sst2 / "train").glob("shard-*")) == shards_before
-    rows = (tmp_path / "train.csv").read_text().splitlines()
-    (tmp_path / "shuffled.csv").write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")
-    bad = subprocess.run([*CLI, "cache", "label", str(sst2), "--split", "train", "--file", str(tmp_path / "shuffled.csv"),
-                          "--name", "size2", "--text-field", "sentence", "--label-field", "size"],
-                         capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2 and "row for row" in bad.stderr
+
+
+def test_a_label_file_that_misses_or_contradicts_cached_rows_is_refused_with_the_row(
+    sst2_copy, tmp_path, glue
+):
+    texts = load_glue("sst2", ["train"], glue, limit=300).splits["train"].texts
+    short = label_cli(
+        sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "a.csv", texts[:150]))
+    )
+    assert short.returncode == 2
+    assert f"150 of the 300 rows of split 'train' have no text in {tmp_path / 'a.csv'} (150 rows); the first is row 151: {texts[150]!r}" in short.stderr  # fmt: skip
+    twice = tmp_path / "b.csv"
+    twice.write_text(size_file(tmp_path / "b.csv", texts).read_text() + f'"{texts[7]}",other\n')
+    out = label_cli(sst2_copy, "--split", "train", "--file", str(twice))
+    assert (
+        out.returncode == 2
+        and f"gives the text {texts[7]!r} (row 8 of split 'train') two different labels" in out.stderr
+    )
+    bare = label_cli(sst2_copy, "--file", str(twice))
+    assert bare.returncode == 2 and "say which split(s)" in bare.stderr
+    assert open_cache(sst2_copy).manifest.splits["train"].labels.keys() == {"sst2"}  # nothing attached
+
+
+def test_a_cache_from_before_kept_texts_joins_labels_by_row(sst2_copy, tmp_path, glue):
+    from ytune.cache.manifest import update_manifest
+
+    update_manifest(sst2_copy, lambda m: setattr(m.splits["train"], "texts", None))
+    (sst2_copy / "train" / "texts.json").unlink()
+    texts = load_glue("sst2", ["train"], glue, limit=300).splits["train"].texts
+    assert (
+        label_cli(
+            sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "a.csv", texts))
+        ).returncode
+        == 0
+    )
+    out = label_cli(sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "b.csv", texts[::-1])))
+    assert out.returncode == 2 and "row for row" in out.stderr and "(300 rows)" in out.stderr
 
 
 def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
