@@ -21,7 +21,9 @@ from ytune.errors import UserError
 # Head settings (--head and --sweep keys), in the order the help lists them.
 SETTING_KEYS = ("name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
                 "dropout", "layer_mix", "pool", "label_init")  # fmt: skip
-CACHE_DIR_HELP = "root of the caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
+CACHE_DIR_HELP = "root of the caches, a folder or a store URL such as s3://bucket/caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
+STORAGE_HELP = "fsspec storage option for a store URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)"
+CACHE_HELP = "cache folder, store URL (s3://bucket/caches/ID), or cache id under --cache-dir"
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)"
 
 
@@ -54,20 +56,21 @@ def cmd_cache(args: argparse.Namespace) -> None:
                 " Damaged shards were dropped: rerun the extraction to rebuild them." if args.drop else ""
             )
             raise UserError(
-                f"cache {path} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
+                f"cache {store.where(path)} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
             )
         from ytune.cache.manifest import read_manifest
 
         splits = read_manifest(path).splits.values()
         shards = [r for s in splits for r in s.shards.values()]
         labels = sum(len(s.labels) for s in splits)
-        print(f"ok: {path} ({len(shards)} shards and {labels} label files, "
+        print(f"ok: {store.where(path)} ({len(shards)} shards and {labels} label files, "
               f"{sum(r.bytes for r in shards) / 1e6:.1f} MB, checked)")  # fmt: skip
     elif args.verb == "label":
         attach_labels(path, args)
     elif args.verb == "rm":
+        where = store.where(path)
         store.remove(path)
-        print(f"removed {path}")
+        print(f"removed {where}")
 
 
 def attach_labels(path, args: argparse.Namespace) -> None:
@@ -75,7 +78,9 @@ def attach_labels(path, args: argparse.Namespace) -> None:
     of the file's row with the same text (and second text), so a file in any order, or one file
     for several splits, labels them. A cached row the file lacks, or a text the file labels twice
     differently, is refused with the row that shows it, never silently mislabelled."""
+    from ytune.cache import store
     from ytune.cache.reader import open_cache
+    from ytune.cache.remote import url_of
     from ytune.cache.writer import CacheWriter
     from ytune.extract.data import load_files
 
@@ -91,8 +96,9 @@ def attach_labels(path, args: argparse.Namespace) -> None:
     unknown = [s for s in files if s not in cache.splits]
     if unknown:
         raise UserError(f"cache {path} has no split {unknown[0]!r} (it has: {', '.join(cache.splits)}).")
-    if path.name != cache.manifest.cache_id:
-        raise UserError(f"{path} is named {path.name}, not its cache id {cache.manifest.cache_id}; rename it back first.")  # fmt: skip
+    where = store.where(path)
+    if where.rstrip("/").rsplit("/", 1)[-1] != cache.manifest.cache_id:
+        raise UserError(f"{where} is not named after its cache id {cache.manifest.cache_id}; rename it back first.")  # fmt: skip
     data = load_files(files, args.text_field, args.text_pair_field, args.label_field, args.name)
     labels = {}
     for split, file in files.items():
@@ -104,7 +110,9 @@ def attach_labels(path, args: argparse.Namespace) -> None:
     with CacheWriter(path.parent, cache.identity, cache.manifest.backend) as writer:
         for split, values in labels.items():
             writer.set_labels(split, task.name, values, task.kind, task.label_names, task.metrics)
-    print(f"label column {task.name!r} attached to split(s) {', '.join(labels)} of {path}")
+    if url_of(path):  # written in the mirror, then sent to the store, manifest last
+        store.publish(path, url_of(path).rsplit("/", 1)[0])
+    print(f"label column {task.name!r} attached to split(s) {', '.join(labels)} of {store.where(path)}")
 
 
 def join_by_text(cache, split: str, file: str, given) -> list:
@@ -147,6 +155,17 @@ def join_by_text(cache, split: str, file: str, given) -> list:
                             f"rows); the first is row {row + 1}: {texts[row]!r}.")  # fmt: skip
         out.append(index[key])
     return out
+
+
+def storage_option(item: str) -> tuple[str, object]:
+    """KEY=VALUE; true/false and numbers as JSON reads them, anything else a string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--storage-option takes KEY=VALUE, not {item!r}.")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def int_list(text: str) -> list[int]:
@@ -367,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out = ex.add_argument_group("cache")
     out.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    out.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=STORAGE_HELP)
     out.add_argument(
         "--backend", choices=["zarr", "hdf5"], default="zarr", help="shard format (default: zarr)"
     )
@@ -383,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         "for several heads; for a sweep, the winner's name, settings and metrics).",
     )
     tr.set_defaults(run=cmd_train)
-    tr.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
+    tr.add_argument("--cache", required=True, help=CACHE_HELP)
     tr.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    tr.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=STORAGE_HELP)
     tr.add_argument("--label", help="label column to learn (default: the one extraction attached)")
     tr.add_argument("--out", help="folder for checkpoints and logs (default: runs/<label>)")
     head = tr.add_argument_group("head")
@@ -448,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "space; the last stdout line is a JSON object of metrics.")  # fmt: skip
     ev.set_defaults(run=cmd_eval)
     ev.add_argument("--head", action="append", required=True, help="a trained head's folder (repeatable)")
-    ev.add_argument("--cache", required=True, help="cache folder, or cache id under --cache-dir")
+    ev.add_argument("--cache", required=True, help=CACHE_HELP)
     ev.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    ev.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=STORAGE_HELP)
     ev.add_argument("--split", default="validation", help="(default: validation)")
     ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
@@ -497,9 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", "recompute every checksum; exit 2 naming each damaged or missing shard"),
         ("rm", "delete a cache (refused while it is being written)"),
     ]:
-        verbs.add_parser(verb, help=help_text).add_argument(
-            "path", help="cache folder, or cache id under --cache-dir"
-        )
+        verbs.add_parser(verb, help=help_text).add_argument("path", help=CACHE_HELP)
     lab = verbs.add_parser(
         "label",
         help="attach a new label column (a new task) to a cached split, without extracting again",
@@ -507,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "row with the same text (runs of whitespace count as one space), so the file's order does not "
         "matter and it may hold other texts too; every cached row of the split must be in it.",
     )
-    lab.add_argument("path", help="cache folder, or cache id under --cache-dir")
+    lab.add_argument("path", help=CACHE_HELP)
     lab.add_argument(
         "--file",
         action="append",
@@ -528,14 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Before the verb or after it: `ytune cache --cache-dir X ls` and `ytune cache ls --cache-dir X`.
     cache.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    cache.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=STORAGE_HELP)
     for p in verbs.choices.values():
         p.add_argument("--cache-dir", default=argparse.SUPPRESS, help=CACHE_DIR_HELP)
+        p.add_argument("--storage-option", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                       help=STORAGE_HELP)  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "storage_option", None):
+            from ytune.cache.remote import set_storage_options
+
+            set_storage_options(dict(storage_option(item) for item in args.storage_option))
         args.run(args)
     except UserError as e:
         print(f"ytune: error: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ from ytune.cache.backends import ShardArrays, get_backend, is_whole
 from ytune.cache.format import TEXTS, decode
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
+from ytune.cache.remote import AHEAD, Fetcher, is_url, mirror
 from ytune.errors import UserError
 
 BUCKET = 16  # batches per length-sorted pool in a shuffled stream
@@ -73,6 +74,7 @@ class Cache:
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
         self.backend = get_backend(self.manifest.backend)
+        self.fetcher = Fetcher.of(self.path)  # a mirror of a cache in an object store, or None
         if identity is not None and identity != self.manifest.identity:
             differs = ", ".join(self.manifest.identity.diff(identity))
             raise UserError(
@@ -134,7 +136,8 @@ class Cache:
 
 
 def open_cache(path: str | Path, identity: Identity | None = None) -> Cache:
-    return Cache(path, identity)
+    """The cache at a local path, or at an fsspec URL (read through its local mirror)."""
+    return Cache(mirror(str(path)) if is_url(path) else path, identity)
 
 
 class SplitReader:
@@ -176,18 +179,26 @@ class SplitReader:
     def _arrays(self, name: str) -> ShardArrays:
         if name not in self._open:
             path = self.shard_path(name)
-            if not is_whole(path, self.record.shards[name].bytes):
-                raise UserError(
-                    f"shard {self.name}/{path.name} of cache {self.cache.path} is missing or damaged; "
-                    "run ytune cache verify, then ytune extract again to rebuild it."
-                )
+            if self.cache.fetcher is not None:  # from the store, pinned on local disk while open
+                record = self.record.shards[name]
+                self.cache.fetcher.local(self.name, path.name, record.bytes, record.checksum)
             try:
-                self._open[name] = self.cache.backend.open(path)
-            except Exception as e:  # zarr and h5py raise many types for a damaged file
-                raise UserError(
-                    f"shard {self.name}/{path.name} of cache {self.cache.path} cannot be read ({e}); "
-                    "run ytune cache verify."
-                ) from None
+                if not is_whole(path, self.record.shards[name].bytes):
+                    raise UserError(
+                        f"shard {self.name}/{path.name} of cache {self.cache.path} is missing or damaged; "
+                        "run ytune cache verify, then ytune extract again to rebuild it."
+                    )
+                try:
+                    self._open[name] = self.cache.backend.open(path)
+                except Exception as e:  # zarr and h5py raise many types for a damaged file
+                    raise UserError(
+                        f"shard {self.name}/{path.name} of cache {self.cache.path} cannot be read ({e}); "
+                        "run ytune cache verify."
+                    ) from None
+            except UserError:
+                if self.cache.fetcher is not None:
+                    self.cache.fetcher.release(path)
+                raise
         return self._open[name]
 
     def read_shard(
@@ -208,6 +219,22 @@ class SplitReader:
         if positions is not None and positions != list(range(self.num_layers)):
             features = features[:, positions]
         return features, offsets, rows
+
+    def _close(self, name: str) -> None:
+        """Let go of a shard read whole: its file handles, and its pin in the local shard cache."""
+        arrays = self._open.pop(name, None)
+        if arrays is not None and arrays.handle is not None:
+            arrays.handle.close()
+        if arrays is not None and self.cache.fetcher is not None:
+            self.cache.fetcher.release(self.shard_path(name))
+
+    def _prefetch(self, shards: Sequence[str]) -> None:
+        if self.cache.fetcher is not None:
+            records = [
+                (self.shard_path(n).name, self.record.shards[n].bytes, self.record.shards[n].checksum)
+                for n in shards
+            ]
+            self.cache.fetcher.prefetch(self.name, records)
 
     def __getitem__(self, row: int) -> Example:
         if not 0 <= row < len(self):
@@ -291,8 +318,10 @@ class SplitReader:
         """(stored features, source row) pairs of the rows `keep` marks (all by default), shuffled
         through the buffer when rng is given."""
         buffer: list[tuple[np.ndarray, int]] = []
-        for name in shards:
+        for i, name in enumerate(shards):
+            self._prefetch(shards[i + 1 : i + 1 + AHEAD])
             features, offsets, rows = self.read_shard(name, layers)
+            self._close(name)
             order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
             for i in order if keep is None else order[keep[rows[order]]]:
                 example = features[offsets[i] : offsets[i + 1]]

@@ -9,12 +9,15 @@ import shutil
 from pathlib import Path
 
 from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, TEXTS, default_root, shard_name
-from ytune.cache.manifest import read_manifest
+from ytune.cache.manifest import Manifest, read_manifest
+from ytune.cache.remote import REMOTE, filesystem, is_url, mirror, store_error, url_of
 from ytune.errors import UserError
 
 
 def resolve(path_or_id: str | Path, root: str | Path | None = None) -> Path:
-    """A cache given by its path, or by its id under the cache root."""
+    """A cache given by its path, its URL (then its local mirror), or its id under the cache root."""
+    if is_url(path_or_id) or (is_url(root or "") and len(Path(path_or_id).parts) == 1):
+        return mirror(str(path_or_id) if is_url(path_or_id) else f"{str(root).rstrip('/')}/{path_or_id}")
     path = Path(path_or_id)
     if len(path.parts) == 1 and not path.exists():
         path = Path(root or default_root()) / path
@@ -24,6 +27,8 @@ def resolve(path_or_id: str | Path, root: str | Path | None = None) -> Path:
 
 
 def list_caches(root: str | Path | None = None) -> list[dict]:
+    if is_url(root or ""):
+        return list_remote(str(root))
     root = Path(root or default_root())
     if not root.is_dir():
         return []
@@ -37,11 +42,36 @@ def list_caches(root: str | Path | None = None) -> list[dict]:
     return caches
 
 
+def list_remote(root: str) -> list[dict]:
+    """The caches under a store URL, from their manifests alone."""
+    fs, prefix = filesystem(root)
+    try:
+        files = sorted(fs.glob(f"{prefix}/*/{MANIFEST}"))
+    except Exception as e:  # fsspec back ends raise their own types
+        raise store_error(e, root) from None
+    out = []
+    for file in files:
+        url = f"{root.rstrip('/')}/{file.rsplit('/', 2)[-2]}"
+        try:
+            out.append(summary_of(Manifest.from_json(fs.cat_file(file).decode(), Path(file)), url))
+        except UserError as e:
+            out.append({"path": url, "error": str(e)})
+    return out
+
+
+def where(path: Path) -> str:
+    """Where a cache lives, as the user names it: its URL for a mirror of a store's cache."""
+    return url_of(path) or str(path)
+
+
 def summary(path: Path) -> dict:
     """The facts a user asks first: what encoder, which dataset and splits, how big, complete or not."""
-    m = read_manifest(path)
+    return summary_of(read_manifest(path), where(path))
+
+
+def summary_of(m: Manifest, where: str) -> dict:
     return {
-        "path": str(path),
+        "path": where,
         "cache_id": m.cache_id,
         "encoder": m.info.get("encoder", "?"),
         "dataset": m.identity.dataset,
@@ -64,6 +94,7 @@ def summary(path: Path) -> dict:
 
 
 def info(path: Path) -> dict:
+    """The summary, with the whole identity and what the extractor recorded."""
     m = read_manifest(path)
     return {
         **summary(path),
@@ -82,6 +113,12 @@ def verify(path: Path, drop: bool = False) -> list[str]:
     from ytune.cache.writer import drop_shards, take_lock
 
     m = read_manifest(path)
+    if url_of(path):
+        if drop:
+            raise UserError(
+                "--drop works on caches on local disk; extract to the store again to rebuild shards."
+            )
+        return verify_remote(path, m)
     suffix = get_backend(m.backend).suffix
     problems = []
     for split, record in m.splits.items():
@@ -116,36 +153,86 @@ def verify(path: Path, drop: bool = False) -> list[str]:
     return problems
 
 
-def check_url(url: str) -> None:
-    """An fsspec URL that cannot be opened is refused before any work is done."""
-    import fsspec
+def verify_remote(path: Path, m: Manifest) -> list[str]:
+    """`verify` of a cache in a store: every object listed is downloaded afresh and checked."""
+    import tempfile
 
+    from ytune.cache.backends import checksum, get_backend
+
+    url = url_of(path)
+    fs, root = filesystem(url)
+    suffix, problems = get_backend(m.backend).suffix, []
+    for split, record in m.splits.items():
+        objects = {f"{name}{suffix}": shard.checksum for name, shard in sorted(record.shards.items())}
+        objects.update({f"labels/{c}.json": label.checksum for c, label in sorted(record.labels.items())})
+        objects.update({TEXTS: record.texts} if record.texts else {})
+        for name, digest in objects.items():
+            with tempfile.TemporaryDirectory(dir=path) as tmp:
+                local = Path(tmp) / "object"
+                try:
+                    fs.get(f"{root}/{split}/{name}", str(local), recursive=True)
+                except FileNotFoundError:
+                    problems.append(f"{split}/{name}: missing")
+                    continue
+                except Exception as e:  # fsspec back ends raise their own types
+                    raise store_error(e, url) from None
+                if checksum(local) != digest:
+                    problems.append(f"{split}/{name}: checksum mismatch")
+    return problems
+
+
+BUCKETED = ("s3", "gs", "gcs", "az", "abfs")  # stores whose URLs start with a bucket that must exist
+
+
+def check_url(url: str) -> None:
+    """A store URL that cannot be reached is refused before any work is done."""
+    fs, root = filesystem(url)
+    if url.split("://")[0] not in BUCKETED:
+        return
+    bucket = root.strip("/").split("/")[0]
     try:
-        fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as e:
-        raise UserError(f"cannot write caches to {url}: {e}") from None
+        found = fs.exists(bucket)
+    except Exception as e:  # fsspec back ends raise their own types
+        raise store_error(e, url) from None
+    if not found:
+        raise UserError(
+            f"the bucket {bucket!r} of {url} does not exist (or these credentials cannot see it)."
+        )
 
 
 def publish(path: Path, url: str) -> str:
     """Copy a finished cache to an fsspec URL (object store, remote file system), the manifest
-    last: a reader there sees a manifest only once every file it lists is in place. Files already
-    there with the right size are skipped, so an interrupted upload resumes."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    target = f"{root.rstrip('/')}/{path.name}"
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name not in (LOCK, MANIFEST_LOCK))
-    for file in sorted(files, key=lambda f: f.name == MANIFEST):
-        remote = f"{target}/{file.relative_to(path).as_posix()}"
-        if file.name == MANIFEST or not fs.exists(remote) or fs.size(remote) != file.stat().st_size:
-            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(file), remote)
+    last: a reader there sees a manifest only once every file it lists is in place. Shard files
+    already there with the right size are skipped, so an interrupted upload resumes; the small
+    files (manifest, labels, texts) always go, so a new label column reaches the store."""
+    fs, root = filesystem(url)
+    target = f"{root}/{path.name}"
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name not in (LOCK, MANIFEST_LOCK, REMOTE))
+    try:
+        for file in sorted(files, key=lambda f: f.name == MANIFEST):
+            name = file.relative_to(path).as_posix()
+            remote = f"{target}/{name}"
+            in_shard = "/shard-" in f"/{name}"
+            if not in_shard or not fs.exists(remote) or fs.size(remote) != file.stat().st_size:
+                fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(file), remote)
+    except OSError as e:
+        raise store_error(e, url) from None
     return f"{url.rstrip('/')}/{path.name}"
 
 
 def remove(path: Path) -> None:
-    """Delete a cache; refused while a writer holds it."""
+    """Delete a cache; refused while a writer holds it. A cache in a store loses its manifest
+    first, so no reader sees it half deleted."""
     read_manifest(path)  # only ever delete what is a cache
+    url = url_of(path)
+    if url:
+        fs, root = filesystem(url)
+        try:
+            fs.rm_file(f"{root}/{MANIFEST}")
+            fs.rm(root, recursive=True)
+        except Exception as e:  # fsspec back ends raise their own types
+            raise store_error(e, url) from None
     from ytune.cache.writer import take_lock
 
     take_lock(path).close()
