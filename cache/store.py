@@ -200,24 +200,40 @@ def check_url(url: str) -> None:
         )
 
 
-def publish(path: Path, url: str) -> str:
+def publish(path: Path, url: str, shards_only: bool = False, manifest: Manifest | None = None) -> str:
     """Copy a finished cache to an fsspec URL (object store, remote file system), the manifest
     last: a reader there sees a manifest only once every file it lists is in place. Shard files
     already there with the right size are skipped, so an interrupted upload resumes; the small
-    files (manifest, labels, texts) always go, so a new label column reaches the store."""
+    files (manifest, labels, texts) always go, so a new label column reaches the store.
+
+    A distributed job's ranks first send only their shards (`shards_only`); rank 0 then sends the
+    rest and `manifest`, its own merged with every rank's shard records."""
     fs, root = filesystem(url)
     target = f"{root}/{path.name}"
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name not in (LOCK, MANIFEST_LOCK, REMOTE))
+    files = sorted(
+        f for f in path.rglob("*") if f.is_file() and f.name not in (LOCK, MANIFEST_LOCK, REMOTE, MANIFEST)
+    )
     try:
-        for file in sorted(files, key=lambda f: f.name == MANIFEST):
+        for file in files:
             name = file.relative_to(path).as_posix()
             remote = f"{target}/{name}"
-            in_shard = "/shard-" in f"/{name}"
-            if not in_shard or not fs.exists(remote) or fs.size(remote) != file.stat().st_size:
-                fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-                fs.put_file(str(file), remote)
+            if "/shard-" not in f"/{name}":
+                if shards_only:
+                    continue
+            elif fs.exists(remote) and fs.size(remote) == file.stat().st_size:
+                continue
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(file), remote)
+        if not shards_only:
+            text = (manifest or read_manifest(path)).to_json()
+            fs.pipe_file(f"{target}/{MANIFEST}", text.encode())
     except OSError as e:
         raise store_error(e, url) from None
+    return publish_url(path, url)
+
+
+def publish_url(path: Path, url: str) -> str:
+    """Where `publish` puts the cache at `path`."""
     return f"{url.rstrip('/')}/{path.name}"
 
 

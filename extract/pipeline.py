@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
-from ytune.cache.store import check_url, publish
+from ytune.cache.manifest import read_manifest
+from ytune.cache.store import check_url, publish, publish_url
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
 from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
@@ -119,12 +120,14 @@ def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
 
 def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
     """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
-    remote = str(cfg.cache_dir) if "://" in str(cfg.cache_dir or "") else None
-    if remote:  # the commit protocol needs rename and locks: stage on local disk, then publish
-        check_url(remote)
-        cfg = replace(cfg, cache_dir=default_root() / "staging")
-    start = time.perf_counter()
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    remote = str(cfg.cache_dir) if "://" in str(cfg.cache_dir or "") else None
+    if remote:
+        # The commit protocol needs rename and locks: stage on local disk, then publish. Each rank
+        # stages and uploads its own shards (its machine may be another), rank 0 the manifest last.
+        check_url(remote)
+        cfg = replace(cfg, cache_dir=default_root() / "staging" / (f"rank-{rank}" if world > 1 else ""))
+    start = time.perf_counter()
     if world > 1:
         _init_distributed(rank, world, cfg)
     encoder = encoder or load_encoder(cfg.model, cfg.device, cfg.weights_dtype)
@@ -147,7 +150,8 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
 
     if rank != 0:
         _barrier(world)  # rank 0 creates the cache and records the plans first
-    writer = CacheWriter(root, identity, cfg.backend, info=encoder.info(), exclusive=rank == 0)
+    exclusive = rank == 0 or remote is not None  # ranks staging for a store each own their folder
+    writer = CacheWriter(root, identity, cfg.backend, info=encoder.info(), exclusive=exclusive)
     result = ExtractResult(writer.path, truncated={s: t.truncated for s, t in tokenized.items()})
     try:
         plans = _plan(writer, dataset, tokenized, cfg, encoder)
@@ -163,8 +167,8 @@ def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = 
     finally:
         _barrier(world)
         writer.close()
-    if remote and rank == 0:
-        result.path = publish(result.path, remote)
+    if remote:
+        result.path = _publish(Path(result.path), remote, rank, world)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -385,6 +389,23 @@ def _init_distributed(rank: int, world: int, cfg: ExtractConfig) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             cfg.device = f"cuda:{torch.cuda.current_device()}"
         dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _publish(path: Path, url: str, rank: int, world: int) -> str:
+    """Every rank uploads its own shards; rank 0 then publishes the manifest with all of them, so
+    the store holds the cache one process would have made."""
+    if world == 1:
+        return publish(path, url)
+    import torch.distributed as dist
+
+    publish(path, url, shards_only=True)
+    manifest = read_manifest(path)
+    records = [None] * world
+    dist.all_gather_object(records, {s: r.shards for s, r in manifest.splits.items()})  # after every upload
+    for shards in records:
+        for split, mine in shards.items():
+            manifest.splits[split].shards.update(mine)
+    return publish(path, url, manifest=manifest) if rank == 0 else publish_url(path, url)
 
 
 def _barrier(world: int) -> None:

@@ -196,3 +196,26 @@ def test_no_bucket_no_credentials_and_no_server_are_one_sentence(s3, tmp_path, g
         and "cannot reach s3://caches/glue" in gone.stderr
         and "Traceback" not in gone.stderr
     )
+
+
+def test_torchrun_ranks_publish_the_cache_one_process_makes(s3, glue, tmp_path):
+    args = ["extract", "--task", "sst2", "--data-dir", str(glue), "--split", "validation", "--limit", "60",
+            "--shard-mb", "0.2", "--layers", "-1", "--storage-option", f"endpoint_url={s3}"]  # fmt: skip
+    env = {**os.environ, **CREDENTIALS, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([*CLI, *args, "--cache-dir", "s3://caches/one"], capture_output=True, text=True,
+                         env={**env, "YTUNE_CACHE": str(tmp_path / "one")})  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    # Each rank stages in its own folder, as ranks on different machines would.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "-m", "ytune.cli", *args, "--cache-dir", "s3://caches/two", "--device", "cpu"],
+                         capture_output=True, text=True, env={**env, "YTUNE_CACHE": str(tmp_path / "two")})  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    cache_id = one.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+    assert two.stdout.strip().splitlines()[-1] == f"s3://caches/two/{cache_id}"
+    assert len(list((tmp_path / "two" / "staging" / "rank-1" / cache_id / "validation").glob("shard-*"))) >= 2
+    fs = s3fs_of(s3)
+
+    def objects(prefix: str) -> dict[str, bytes]:
+        return {p.removeprefix(prefix): fs.cat_file(p) for p in fs.find(prefix)}
+
+    assert objects(f"caches/two/{cache_id}") == objects(f"caches/one/{cache_id}")
