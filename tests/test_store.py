@@ -5,6 +5,7 @@ through the local shard cache, and the errors a user meets (no bucket, no creden
 object) are the server's own answers turned into one sentence.
 """
 
+import csv
 import json
 import logging
 import os
@@ -219,3 +220,19 @@ def test_torchrun_ranks_publish_the_cache_one_process_makes(s3, glue, tmp_path):
         return {p.removeprefix(prefix): fs.cat_file(p) for p in fs.find(prefix)}
 
     assert objects(f"caches/two/{cache_id}") == objects(f"caches/one/{cache_id}")
+
+
+def test_a_label_column_attached_to_a_store_cache_is_read_back_from_the_store(
+    s3, published, tmp_path, monkeypatch
+):
+    url = str(published.path)
+    texts = open_cache(url).texts("validation")[0]
+    labels = tmp_path / "long.csv"
+    with open(labels, "w", newline="") as f:
+        csv.writer(f).writerows([("sentence", "long"), *((t, len(t.split()) > 12) for t in texts)])
+    out = run_cli(s3, "cache", "label", url, "--split", "validation", "--file", str(labels), "--name", "long",
+                  "--text-field", "sentence", "--label-field", "long")  # fmt: skip
+    assert out.returncode == 0 and url in out.stdout, out.stderr
+    monkeypatch.setenv("YTUNE_SHARD_CACHE", str(tmp_path / "elsewhere"))  # another machine: a fresh mirror
+    column = open_cache(url).labels("validation", "long")
+    assert [column.names[v] for v in column.values] == [str(len(t.split()) > 12) for t in texts]
