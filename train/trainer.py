@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ytune.cache.identity import resolve_index
 from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cache
+from ytune.device import autocast, pick_device
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
 from ytune.train.metrics import compute_metrics
@@ -235,7 +236,7 @@ def evaluate_bank(bank: HeadBank, kinds: dict[str, str], reader: SplitReader, cf
     with torch.inference_mode():
         for batch in batches(reader, cfg, [], layers, shuffle=False, keep=keep):
             batch = batch.to(device)
-            with _autocast(device):
+            with autocast(device):
                 outs = bank.forward_stacks(batch.features, batch.mask, stacks)
             for name in kinds:
                 s, i = bank.where[name]
@@ -382,7 +383,7 @@ class _Training:
                    disable=not cfg.progress if cfg.progress is not None else None, leave=False)  # fmt: skip
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True)
-            with _autocast(self.device):
+            with autocast(self.device):
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
             for s, output in outputs.items():
@@ -482,7 +483,7 @@ def _config_key(specs: Sequence[HeadSpec], cfg: TrainConfig) -> str:
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
         _keep_freed_memory()
@@ -500,14 +501,6 @@ def _keep_freed_memory() -> None:
         return
     libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
     libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-
-
-def _autocast(device: torch.device):
-    return (
-        torch.autocast("cuda", torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
