@@ -33,23 +33,12 @@ from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cach
 from ytune.device import autocast, pick_device
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
+from ytune.train.config import HeadSpec
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters, head_state
 from ytune.train.optim import StackedAdamW
 
 STATE = "state.safetensors"  # tensors, and the rest as JSON in its header: loading runs no code
-
-
-@dataclass
-class HeadSpec:
-    """One head to train: its name, the label column it learns, its architecture and optimiser."""
-
-    name: str = "ytuning"
-    label: str | None = None  # label column; None: the cache's only column
-    config: dict = field(default_factory=dict)  # HeadConfig fields (width, blocks, head_type, ...)
-    layers: Sequence[int] | None = None  # hidden states (negatives from the end); None: all cached
-    lr: float | None = None  # None: TrainConfig.lr, else the head kind's default
-    weight_decay: float | None = None
 
 
 @dataclass
