@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
 from ytune.errors import UserError
+from ytune.train.config import CONFIG_FLAGS, SETTINGS, HeadSpec
 
 # Only argparse and ytune.errors at import: torch, transformers and the shard backends load in
 # the commands that use them, so `ytune --help` and `ytune cache ls` start in a fraction of a second.
 
 # Head settings (--head and --sweep keys), in the order the help lists them.
-SETTING_KEYS = ("name", "label", "layers", "lr", "weight_decay", "head_type", "width", "blocks", "heads", "ffn_mult",
-                "dropout", "layer_mix", "pool", "label_init")  # fmt: skip
 CACHE_DIR_HELP = "root of the caches, a folder or a store URL such as s3://bucket/caches (default: $YTUNE_CACHE or ~/.cache/ytune)"
 STORAGE_HELP = "fsspec storage option for a store URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)"
 CACHE_HELP = "cache folder, store URL (s3://bucket/caches/ID), or cache id under --cache-dir"
@@ -230,13 +230,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def head_specs(args: argparse.Namespace) -> list:
     """The heads to train: the one the flags describe, or one per --head, each starting from the flags."""
     from ytune.train.sweep import parse_pairs, with_settings
-    from ytune.train.trainer import HeadSpec
 
     layers = [i for group in args.layers for i in group] if args.layers else None
-    config = {"head_type": args.head_type, "width": args.width, "blocks": args.blocks, "heads": args.heads,
-              "dropout": args.dropout, "layer_mix": args.layer_mix, "pool": args.pool, "label_init": args.label_init,
-              "ffn_mult": args.ffn_mult}  # fmt: skip
-    base = HeadSpec(args.head_type, args.label, {k: v for k, v in config.items() if v is not None}, layers)
+    config = {f.name: getattr(args, f.name) for f in CONFIG_FLAGS if getattr(args, f.name) is not None}
+    base = HeadSpec(args.head_type or "ytuning", args.label, config, layers)
     if not args.head:
         return [base]
     return [
@@ -398,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train label heads on a cache without loading the encoder. The flags describe one head; "
         "--head KEY=VALUE,... (repeatable) trains several in one pass over the data, each starting from the "
         f"flags; --sweep KEY=V1,V2,... (repeatable) trains the grid of their values as heads of one pass and "
-        f"picks a winner. Keys: {', '.join(SETTING_KEYS)}; layers as -1, -4:-1 (a range) or 0+3+6. The last "
+        f"picks a winner. Keys: {', '.join(SETTINGS)}; layers as -1, -4:-1 (a range) or 0+3+6. The last "
         "stdout line is a JSON object of the best epoch's metrics on the evaluation split ({head: metrics} "
         "for several heads; for a sweep, the winner's name, settings and metrics).",
     )
@@ -426,23 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation split (default: holdout for a sweep, else validation)",
     )
     head.add_argument(
-        "--head-type", choices=["ytuning", "probe"], default="ytuning", help="(default: ytuning)"
-    )
-    head.add_argument(
         "--layers", type=int_list, nargs="+", help="hidden states to read: -1, or -2 -1 (default: all cached)"
     )
-    head.add_argument("--width", type=int, help="head width (default: 384; regression 256)")
-    head.add_argument("--blocks", type=int, help="label-attention blocks (default: 2; regression 1)")
-    head.add_argument("--heads", type=int, help="attention heads (default: width // 64: 6 at 384, 4 at 256)")
-    head.add_argument("--dropout", type=float, help="(default: 0.1)")
-    head.add_argument("--layer-mix", choices=["softmax", "ladder", "last"], help="(default: softmax)")
-    head.add_argument("--pool", choices=["mean", "first"], help="probe pooling (default: mean)")
-    head.add_argument("--ffn-mult", type=int, help="feed-forward width / head width (default: 2)")
-    head.add_argument(
-        "--label-init",
-        choices=["random", "names"],
-        help="start the label queries at random, or at the encoder's features of the label names",
-    )
+    for f in CONFIG_FLAGS:  # every HeadConfig setting, with the help its field carries
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        head.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=f.metadata.get("choices"),
+                          help=f.metadata["help"])  # fmt: skip
     opt = tr.add_argument_group("optimisation")
     opt.add_argument(
         "--epochs", type=int, help="(default: by the training set's size: 60,000 examples' worth, 3 to 10)"
@@ -556,8 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def joined_layer_lists(argv: Sequence[str]) -> list[str]:
+    """`--layers -4,-1` as `--layers=-4,-1`: argparse takes a lone negative number (-1) for a value
+    but a negative list for an unknown option, and users type both."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--layers" and re.fullmatch(r"-\d+(,\s*-?\d+)+,?", token):
+            out[-1] = f"--layers={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_layer_lists(sys.argv[1:] if argv is None else argv))
     try:
         if getattr(args, "storage_option", None):
             from ytune.cache.remote import set_storage_options

@@ -1,10 +1,10 @@
 """Prediction on new text: the one place that needs both stages. Each input is encoded once, and
 every head answers from the same features.
 
-    from ytune.predict import Predictor
+from ytune.predict import Predictor
     predictor = Predictor(["runs/sst2/ytuning", "runs/size/ytuning"])
     predictor.predict(["a gripping, funny film"])
-    # [{"ytuning": {"label": "positive", "probabilities": {...}}, ...}]
+    # [{"ytuning@sst2": {"label": "positive", "probabilities": {...}}, "ytuning@size": {...}}]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ytune.cache.identity import Identity
 from ytune.cache.writer import ShardPlan
+from ytune.device import batch_tokens as batch_tokens_for
 from ytune.errors import UserError
 from ytune.extract.data import SplitData
 from ytune.extract.encoder import load_encoder, truncate
@@ -62,7 +63,7 @@ class Predictor:
         truncate(self.encoder.model, max(self.layers))
         self.max_length, self.dtype = first.max_length, getattr(torch, first.dtype)
         self.infos = {n: info for n, (_, info) in zip(names, loaded, strict=True)}
-        self.batch_tokens = batch_tokens or (32768 if device_.type == "cuda" else 4096)
+        self.batch_tokens = batch_tokens_for(device_, batch_tokens)
         self.encoder_calls = 0  # one per batch, whatever the number of heads
 
     def predict(

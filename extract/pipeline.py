@@ -29,6 +29,8 @@ from ytune.cache.identity import Identity
 from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url
 from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
+from ytune.device import autocast as autocast_to
+from ytune.device import batch_tokens
 from ytune.errors import UserError
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
@@ -240,7 +242,7 @@ def _encode_shards(
     result: ExtractResult,
 ) -> None:
     device = encoder.device
-    batch_tokens = cfg.batch_tokens or (32768 if device.type == "cuda" else 4096)
+    tokens = batch_tokens(device, cfg.batch_tokens)
     bar = tqdm(
         total=sum(s.tokens for _, s in todo),
         unit="tok",
@@ -253,7 +255,7 @@ def _encode_shards(
         for split, shard in todo:
             tok = tokenized[split]
             out.start(split, shard)
-            for rows in batches(shard, batch_tokens):
+            for rows in batches(shard, tokens):
                 hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
                 out.put(to_storage(hidden[mask], cfg.dtype, layers).cpu())
                 bar.update(int(mask.sum()))
@@ -268,19 +270,14 @@ def _encode_shards(
 
 
 def run_encoder(
-    encoder: Encoder, tok: Tokenized, rows: np.ndarray, layers: Sequence[int], autocast: str = "bf16"
+    encoder: Encoder, tok: Tokenized, rows: np.ndarray, layers: Sequence[int], mode: str = "bf16"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One padded batch of `rows` through the encoder: hidden states [B, T, layers, H] and the
     mask [B, T] of real tokens. Extraction keeps hidden[mask]; prediction feeds both to heads."""
     device = encoder.device
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast) if device.type == "cuda" else None
     inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, device)
     small = device.type == "cpu" and mask.numel() < SMALL_BATCH_TOKENS
-    with (
-        torch.inference_mode(),
-        torch.autocast(device.type, amp) if amp else nullcontext(),
-        _one_thread() if small else nullcontext(),
-    ):
+    with torch.inference_mode(), autocast_to(device, mode), _one_thread() if small else nullcontext():
         return forward_layers(encoder.model, inputs, layers), mask
 
 

@@ -273,3 +273,12 @@ def test_a_url_cache_dir_is_staged_locally_then_published(tmp_path, minilm, monk
     for name, content in cache_bytes(staged).items():
         assert fs.cat(f"/bucket/caches/{cache_id}/{name}") == content
     assert json.loads(fs.cat(f"/bucket/caches/{cache_id}/manifest.json"))["splits"]["validation"]["rows"] == 8
+
+
+@pytest.mark.parametrize("layers", [["-2,-1"], ["-2", "-1"], ["--layers=-2,-1"]])
+def test_negative_layer_lists_are_taken_as_users_type_them(tmp_path, layers):
+    flag = [] if layers[0].startswith("--") else ["--layers"]
+    run = subprocess.run([*CLI, "extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation",
+                          "--limit", "4", *flag, *layers, "--cache-dir", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert open_cache(run.stdout.strip().splitlines()[-1]).identity.layers == (5, 6)  # MiniLM: 6 layers

@@ -38,10 +38,20 @@ def test_the_grid_is_the_product_of_its_values_named_after_them():
     assert parse_layers("0+3+6") == [0, 3, 6] and parse_layers("-2:-1") == [-2, -1]
 
 
-def test_every_head_setting_is_a_key_of_the_cli():
-    from ytune.cli import SETTING_KEYS
+def test_every_head_setting_is_a_flag_and_a_key_of_the_train_command():
+    import subprocess
+    import sys
 
-    assert set(SETTING_KEYS) == set(SETTINGS)
+    from ytune.cli import build_parser
+
+    train_help = subprocess.run(
+        [sys.executable, "-m", "ytune.cli", "train", "--help"], capture_output=True, text=True
+    ).stdout
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    for key in SETTINGS:
+        assert key in flags or key == "name", key  # every setting a flag (the name comes with --head)
+        assert key in " ".join(train_help.split()), key  # and named in the keys --head and --sweep take
+    assert "--label-init {random,names}" in train_help
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from train_job import kill_then_resume
 
@@ -172,6 +173,18 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
     a = load_file(tmp_path / "full" / "ytuning" / "head.safetensors")
     b = load_file(tmp_path / "cut" / "ytuning" / "head.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_reads_no_pickle_and_refuses_other_settings(sst2, tmp_path):
+    spec = [HeadSpec("y", config={"width": 32, "heads": 2, "blocks": 1})]
+    train(sst2, spec, quick(epochs=1), tmp_path / "run", log=lambda m: None)
+    with safe_open(tmp_path / "run" / "state.safetensors", "pt") as f:  # tensors and JSON: nothing to execute
+        assert json.loads(f.metadata()["state"])["epoch"] == 0 and "stacks.0.queries" in f.keys()  # noqa: SIM118
+    with pytest.raises(UserError, match="other heads or settings"):  # the stream's order depends on workers
+        train(sst2, spec, quick(epochs=2, workers=1), tmp_path / "run", resume=True, log=lambda m: None)
+    (tmp_path / "run" / "state.safetensors").write_bytes(b"\x80\x04 not a state")
+    with pytest.raises(UserError, match="not a resumable training state"):
+        train(sst2, spec, quick(epochs=2), tmp_path / "run", resume=True, log=lambda m: None)
 
 
 def label_cli(cache: Path, *args: str) -> subprocess.CompletedProcess:

@@ -14,100 +14,16 @@ nothing: padded positions are excluded from attention and from pooling.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ytune.cache.identity import resolve_index
 from ytune.errors import UserError
-
-HEAD_TYPES = ("ytuning", "probe")
-KINDS = ("classification", "regression")
-LAYER_MIXES = ("softmax", "ladder", "last")
-POOLS = ("mean", "first")
-# Defaults measured best with all-MiniLM-L6-v2 (benchmarks/RESULTS.md), per kind of task. Classification
-# (SST-2, MRPC, CoLA): 384 wide, 2 blocks, lr 5e-4 (SST-2: 0.856-0.859; 256 x 2 0.834, 512 x 2 0.836,
-# 384 x 1 0.851). Regression (STS-B, seeds 0-2): 256 wide, 1 block, lr 1e-3, Pearson 0.809-0.815,
-# where the classification default gives 0.789-0.797 (it fits the 5,749 pairs too closely).
-KIND_DEFAULTS = {
-    "classification": {"width": 384, "blocks": 2, "lr": 5e-4},
-    "regression": {"width": 256, "blocks": 1, "lr": 1e-3},
-}
-HEAD_DIM = 64  # attention heads default to width // 64 (6 at 384, 4 at 256), the transformer convention
-
-
-@dataclass
-class HeadConfig:
-    """Everything that determines a head's architecture; stored as JSON next to its weights."""
-
-    head_type: str = "ytuning"  # "ytuning" | "probe"
-    kind: str = "classification"  # "classification" | "regression"
-    num_labels: int = 2  # regression always has 1 (set automatically)
-    num_layers_in: int = 1  # L, cached layers the head sees
-    hidden_in: int = 384  # H, encoder width
-    # None: the kind's measured default (KIND_DEFAULTS).
-    width: int | None = None  # head width d
-    blocks: int | None = None
-    heads: int | None = None  # None: the largest divisor of the width up to width // HEAD_DIM
-    ffn_mult: int = 2
-    dropout: float = 0.1
-    # "softmax": learned softmax-weighted sum of the L layers, then LayerNorm; "ladder": block i
-    # cross-attends to layer min(i, L-1); "last": only the last layer.
-    layer_mix: str = "softmax"
-    pool: str = "mean"  # probe only: "mean" over real tokens | "first"
-    label_init: str = "random"  # Y-Tuning only: "random" | "names" (queries start at the encoder's features of the label names)
-
-    def __post_init__(self) -> None:
-        def check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                raise UserError(f"Unknown {name} {value!r}: expected one of {', '.join(allowed)}.")
-
-        check("head type", self.head_type, HEAD_TYPES)
-        check("head kind", self.kind, KINDS)
-        check("layer mix", self.layer_mix, LAYER_MIXES)
-        check("pooling", self.pool, POOLS)
-        check("label init", self.label_init, ("random", "names"))
-        for key in ("width", "blocks"):
-            if getattr(self, key) is None:
-                setattr(self, key, KIND_DEFAULTS[self.kind][key])
-        if self.heads is None and self.width >= 1:
-            self.heads = next(h for h in range(max(1, self.width // HEAD_DIM), 0, -1) if self.width % h == 0)
-        if self.label_init == "names" and (self.head_type == "probe" or self.kind == "regression"):
-            raise UserError(
-                "label_init=names needs a Y-Tuning classification head (label names to start from)."
-            )
-        if self.kind == "regression":
-            self.num_labels = 1  # one query, one scalar
-        elif self.num_labels < 2:
-            raise UserError(f"A classification head needs at least 2 labels, got {self.num_labels}.")
-        for name in ("num_layers_in", "hidden_in", "width", "blocks", "heads", "ffn_mult"):
-            if getattr(self, name) < 1:
-                raise UserError(f"Head setting {name} must be at least 1, got {getattr(self, name)}.")
-        if self.width % self.heads:
-            raise UserError(f"Head width {self.width} is not divisible by the number of heads {self.heads}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"Dropout must be in [0, 1), got {self.dropout}.")
-        if self.head_type == "probe" and self.layer_mix == "ladder":
-            raise UserError(
-                "The linear probe has no blocks: use layer mix 'softmax' or 'last', not 'ladder'."
-            )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> HeadConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(
-                f"Unknown head config field(s) {', '.join(unknown)}: was it written by a newer ytune?"
-            )
-        return cls(**dict(d))
+from ytune.train.config import HEAD_DIM, KIND_DEFAULTS, HeadConfig  # noqa: F401 (KIND_DEFAULTS, HEAD_DIM: read here by users)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -549,9 +465,9 @@ class HeadBank(nn.Module):
         for s in stacks:
             layers = self.layers[s]
             if layers not in selected:
-                if not all(-n <= i < n for i in layers):
+                norm = tuple(resolve_index(i, n) for i in layers)
+                if None in norm:
                     raise ValueError(f"heads {self.names[s]} select layers {layers}, features have {n}")
-                norm = tuple(i % n for i in layers)
                 if norm == tuple(range(norm[0], norm[0] + len(norm))):
                     selected[layers] = major[norm[0] : norm[0] + len(norm)]
                 else:

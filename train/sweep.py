@@ -22,28 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ytune.errors import UserError
-from ytune.train.model import HeadConfig
-from ytune.train.trainer import HeadSpec, TrainConfig, train
+from ytune.train.config import SETTINGS, HeadSpec
+from ytune.train.trainer import TrainConfig, train
 
 SWEEP_FILE = "sweep.json"
-# Settings of a head that the cache decides, not the user.
-_FROM_CACHE = {"kind", "num_labels", "num_layers_in", "hidden_in"}
-
-
-def _setting_types() -> dict[str, type]:
-    """Every head setting and the type its values parse to, read off HeadSpec and HeadConfig."""
-    types = {}
-    for f in [*dataclasses.fields(HeadSpec), *dataclasses.fields(HeadConfig)]:
-        if f.name in _FROM_CACHE or f.name == "config":
-            continue
-        hint = str(f.type)
-        types[f.name] = (
-            list if f.name == "layers" else float if "float" in hint else int if "int" in hint else str
-        )
-    return types
-
-
-SETTINGS = _setting_types()
 
 
 def parse_layers(text: str) -> list[int]:

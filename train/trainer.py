@@ -23,29 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from ytune.cache.identity import resolve_index
 from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cache
+from ytune.device import autocast, pick_device
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
+from ytune.train.config import HeadSpec
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters, head_state
 from ytune.train.optim import StackedAdamW
 
-STATE = "state.pt"
-
-
-@dataclass
-class HeadSpec:
-    """One head to train: its name, the label column it learns, its architecture and optimiser."""
-
-    name: str = "ytuning"
-    label: str | None = None  # label column; None: the cache's only column
-    config: dict = field(default_factory=dict)  # HeadConfig fields (width, blocks, head_type, ...)
-    layers: Sequence[int] | None = None  # hidden states (negatives from the end); None: all cached
-    lr: float | None = None  # None: TrainConfig.lr, else the head kind's default
-    weight_decay: float | None = None
+STATE = "state.safetensors"  # tensors, and the rest as JSON in its header: loading runs no code
 
 
 @dataclass
@@ -144,7 +137,7 @@ def resolve_head_layers(cache: Cache, layers: Sequence[int] | None) -> list[int]
     total = int(cache.manifest.info.get("num_hidden_layers", max(cached))) + 1
     out = []
     for i in layers:
-        j = i % total if -total <= i < total else None
+        j = resolve_index(i, total)
         if j not in cached:
             raise UserError(f"layer {i} is not in the cache, which holds hidden states {cached}.")
         out.append(j)
@@ -232,7 +225,7 @@ def evaluate_bank(bank: HeadBank, kinds: dict[str, str], reader: SplitReader, cf
     with torch.inference_mode():
         for batch in batches(reader, cfg, [], layers, shuffle=False, keep=keep):
             batch = batch.to(device)
-            with _autocast(device):
+            with autocast(device):
                 outs = bank.forward_stacks(batch.features, batch.mask, stacks)
             for name in kinds:
                 s, i = bank.where[name]
@@ -310,33 +303,58 @@ class _Training:
         stack, _ = self.bank.head(name)
         return count_parameters(stack) // stack.size
 
-    def state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "step": self.step, "stacks": [s.state_dict() for s in self.bank.stacks],
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "runs": {n: {k: getattr(r, k) for k in _Run.SAVED} for n, r in self.runs.items()},
-                "rng": torch.get_rng_state(), "config": _config_key(self.specs, self.cfg)}  # fmt: skip
+    def save_state(self, epoch: int) -> None:
+        """Everything a resumed run needs after `epoch`, in one file replaced atomically: the stacks,
+        the optimizers' moments, the random states (CPU and every CUDA device), and as JSON the
+        step, each head's record, and the settings a resume must match."""
+        tensors = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{d}": s for d, s in enumerate(torch.cuda.get_rng_state_all())})
+        steps = []
+        for i, (stack, optimizer) in enumerate(zip(self.bank.stacks, self.optimizers, strict=True)):
+            tensors.update({f"stacks.{i}.{k}": v for k, v in stack.state_dict().items()})
+            saved = optimizer.state_dict()
+            for key in ("exp_avgs", "exp_avg_sqs"):
+                tensors.update({f"optimizers.{i}.{key}.{j}": t for j, t in enumerate(saved[key])})
+            steps.append(saved["steps"])
+        meta = {"epoch": epoch, "step": self.step, "steps": steps, "config": _config_key(self.specs, self.cfg),
+                "runs": {n: {k: getattr(r, k) for k in _Run.SAVED} for n, r in self.runs.items()}}  # fmt: skip
+        tmp = self.out / f".{STATE}.tmp"
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, {"state": json.dumps(meta)}
+        )
+        tmp.replace(self.out / STATE)
 
     def resume(self) -> int:
         """Load the state after the last finished epoch; returns the epoch to start at."""
         path = self.out / STATE
-        state = torch.load(path, weights_only=False)
-        if (
-            "runs" not in state
-            or sorted(state["runs"]) != sorted(self.runs)
-            or state["config"] != _config_key(self.specs, self.cfg)
-        ):
+        try:
+            with safe_open(path, "pt") as f:
+                meta, tensors = json.loads(f.metadata()["state"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise UserError(
+                f"{path} is not a resumable training state ({type(e).__name__}); use another --out."
+            ) from None
+        if sorted(meta["runs"]) != sorted(self.runs) or meta["config"] != _config_key(self.specs, self.cfg):
             raise UserError(f"{path} was saved by a run with other heads or settings; use another --out.")  # fmt: skip
-        for stack, saved in zip(self.bank.stacks, state["stacks"], strict=True):
-            stack.load_state_dict(saved)
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        for i, (stack, optimizer) in enumerate(zip(self.bank.stacks, self.optimizers, strict=True)):
+            prefix = f"stacks.{i}."
+            stack.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+            moments = {key: [tensors[k] for k in sorted(tensors, key=_natural) if k.startswith(f"optimizers.{i}.{key}.")]
+                       for key in ("exp_avgs", "exp_avg_sqs")}  # fmt: skip
+            optimizer.load_state_dict({**moments, "steps": meta["steps"][i]})
         for name, r in self.runs.items():
             for key in _Run.SAVED:
-                setattr(r, key, state["runs"][name][key])
-        torch.set_rng_state(state["rng"])
-        self.step = state["step"]
-        self.log(f"resuming after epoch {state['epoch']} from {path}")
-        return state["epoch"] + 1
+                setattr(r, key, meta["runs"][name][key])
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        self.step = meta["step"]
+        self.log(f"resuming after epoch {meta['epoch']} from {path}")
+        return meta["epoch"] + 1
 
     def train_epoch(self, epoch: int, active: list[str]) -> tuple[dict[str, float], int, float]:
         """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
@@ -354,7 +372,7 @@ class _Training:
                    disable=not cfg.progress if cfg.progress is not None else None, leave=False)  # fmt: skip
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True)
-            with _autocast(self.device):
+            with autocast(self.device):
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
             for s, output in outputs.items():
@@ -424,8 +442,7 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
             log(json.dumps({"head": name, **entry}))
             with open(out / name / "log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        torch.save(run.state(epoch), out / f".{STATE}.tmp")
-        (out / f".{STATE}.tmp").replace(out / STATE)
+        run.save_state(epoch)
 
     final = {n: r.best_metrics for n, r in runs.items()}
     if cfg.select_on == HOLDOUT:  # the chosen checkpoints, scored once on the evaluation split
@@ -440,17 +457,22 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
     return final
 
 
+def _natural(key: str) -> tuple:
+    """Sort "a.10" after "a.9"."""
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
 def _config_key(specs: Sequence[HeadSpec], cfg: TrainConfig) -> str:
     keep = {
         k: v
         for k, v in cfg.__dict__.items()
-        if k not in ("epochs", "device", "workers", "progress", "threads")
+        if k not in ("epochs", "device", "progress", "threads")  # workers stay: they set the stream's order
     }
     return json.dumps([[s.__dict__ for s in specs], keep], sort_keys=True, default=str)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
         _keep_freed_memory()
@@ -468,14 +490,6 @@ def _keep_freed_memory() -> None:
         return
     libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
     libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-
-
-def _autocast(device: torch.device):
-    return (
-        torch.autocast("cuda", torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
