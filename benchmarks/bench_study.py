@@ -46,15 +46,16 @@ TASKS = {"sst2": 5000, "cola": 5000, "mrpc": None, "rte": None, "stsb": None}  #
 NAMES = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B"}
 SETTINGS = {"lora": {"usual": 5e-4, "high": 1e-3}, "full": {"usual": 2e-5, "high": 5e-5}}
 PROBE = HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)
-# Changes to the default head that could close the gap to full fine-tuning: regularisation against
-# the over-fitting its learning curves show (best epoch early, training loss near 0), a smaller
-# head, label-name initialisation (classification only).
+# Changes to the default head that could close the gap to full fine-tuning and pass the probe:
+# regularisation and a smaller head against the over-fitting its learning curves show (best epoch
+# early, training loss near 0), and a probe inside the head (skip=pooled), since the probe of these
+# sentence-embedding encoders is strong. Left out: weight_decay=0.1 (at lr 5e-4 it shrinks the
+# weights by under 10% over a run) and label_init=names (below the default on 6 of 8 in 5e).
 VARIANTS = {
     "default": {},
     "dropout=0.3": {"config": {"dropout": 0.3}},
-    "weight_decay=0.1": {"weight_decay": 0.1},
     "width=256,blocks=1": {"config": {"width": 256, "blocks": 1}},
-    "label_init=names": {"config": {"label_init": "names"}},
+    "skip=pooled": {"config": {"skip": "pooled"}},
 }
 LAYERS = (-4, -3, -2, -1)
 EPOCHS = 3  # of LoRA and full fine-tuning
@@ -95,9 +96,7 @@ def run_heads(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
 def run_variants(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
     """The default head beside each variant (VARIANTS), all in one pass per seed: the same
     reading order and seeds, so the differences are the variants'."""
-    kind = glue_subset(task, 1, a.glue).task.kind
-    heads = {("variant", name): HeadSpec(f"v{i}", **spec) for i, (name, spec) in enumerate(VARIANTS.items())
-             if kind == "classification" or "label_init" not in name}  # fmt: skip
+    heads = {("variant", name): HeadSpec(f"v{i}", **spec) for i, (name, spec) in enumerate(VARIANTS.items())}
     run_pass(encoder, task, seeds, heads, a, done)
 
 
@@ -130,6 +129,8 @@ def run_pass(
             )
             wall = time.perf_counter() - start
             for (method, setting), spec in heads.items():
+                if (encoder, task, method, setting, seed) in done:
+                    continue  # trained again beside the others for the same pass, recorded once
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
                 record = {
                     "encoder": encoder, "task": task, "method": method, "setting": setting, "seed": seed,

@@ -443,3 +443,22 @@ def test_stacked_adamw_steps_each_head_as_torch_adamw_steps_it_alone():
     (stack(features, mask)).pow(2).sum().backward()
     mine.step(1.0, [True, False])  # head 1 has stopped: it does not move
     assert all(torch.equal(head_state(stack, 1)[n], p) for n, p in before.items())
+
+
+def test_a_pooled_skip_adds_exactly_a_probe_to_the_label_scores():
+    torch.manual_seed(0)
+    shape = {"num_layers_in": 2, "hidden_in": 16, "num_labels": 3}
+    head = build_head(HeadConfig(width=8, heads=2, blocks=1, skip="pooled", **shape), k=2)
+    probe = build_head(HeadConfig(head_type="probe", **shape), k=2)
+    features, mask = torch.randn(4, 5, 2, 16), torch.ones(4, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    with torch.no_grad():
+        for p in head.skip.parameters():
+            p.normal_()  # away from the initial values, so that copying them is what makes outputs equal
+        for mine, theirs in zip(head.skip, (probe.mix, probe.norm, probe.linear), strict=True):
+            theirs.load_state_dict(mine.state_dict())
+        attended = head(features, mask) - probe(features, mask)
+        head.score.weight.zero_()
+        head.score.bias.zero_()  # no label-query scores: only the skip is left
+        torch.testing.assert_close(head(features, mask), probe(features, mask))
+    assert attended.abs().min() > 0  # with the scores on, the label queries add their own part

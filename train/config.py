@@ -17,6 +17,7 @@ KINDS = ("classification", "regression")
 LAYER_MIXES = ("softmax", "ladder", "last")
 POOLS = ("mean", "first")
 LABEL_INITS = ("random", "names")
+SKIPS = ("none", "pooled")
 # Defaults measured best with all-MiniLM-L6-v2 (benchmarks/RESULTS.md), per kind of task. Classification
 # (SST-2, MRPC, CoLA): 384 wide, 2 blocks, lr 5e-4 (SST-2: 0.856-0.859; 256 x 2 0.834, 512 x 2 0.836,
 # 384 x 1 0.851). Regression (STS-B, seeds 0-2): 256 wide, 1 block, lr 1e-3, Pearson 0.809-0.815,
@@ -62,6 +63,16 @@ class HeadConfig:
             "help": "Y-Tuning: start the label queries at random, or at the encoder's features of the label names",
         },
     )
+    # Y-Tuning only: "pooled" adds a linear read of the mean-pooled features to the label scores, so
+    # the head starts from what a probe sees (strong for sentence-embedding encoders) and its label
+    # queries learn the rest.
+    skip: str = field(
+        default="none",
+        metadata={
+            "choices": SKIPS,
+            "help": "Y-Tuning: none, or add a linear read of the mean-pooled features to the label scores (pooled)",
+        },
+    )
 
     def __post_init__(self) -> None:
         def check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -73,6 +84,7 @@ class HeadConfig:
         check("layer mix", self.layer_mix, LAYER_MIXES)
         check("pooling", self.pool, POOLS)
         check("label init", self.label_init, LABEL_INITS)
+        check("skip", self.skip, SKIPS)
         for key in ("width", "blocks"):
             if getattr(self, key) is None:
                 setattr(self, key, KIND_DEFAULTS[self.kind][key])

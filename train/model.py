@@ -300,6 +300,10 @@ class YTuningHead(_Head):
         )
         self.norm_out = LayerNorm(k, d)
         self.score = Linear(k, d, 1)
+        if cfg.skip == "pooled":  # a probe inside the head: its own layer mix, LayerNorm and linear map
+            self.skip = nn.ModuleList(
+                [LayerMix(k, cfg.num_layers_in), LayerNorm(k, h), Linear(k, h, self.num_queries)]
+            )
         # How cross-attention reads the text: "auto" picks the cheaper of "factored" (keys and values
         # folded into the label queries) and "direct" (per-token keys and values). Same function.
         self.attention = "auto"
@@ -351,6 +355,9 @@ class YTuningHead(_Head):
                     memories[j] = x if self.proj is None else self.proj(x)
             q = block(q, memories[j], mask, (norm, self.proj) if factored else None)
         scores = self.score(self.norm_out(q)).squeeze(-1)  # [K, B, n]
+        if self.cfg.skip == "pooled":
+            mix, norm, linear = self.skip
+            scores = scores + linear(norm(mean_pool(mix(layers), mask)))
         return scores[..., 0] if self.cfg.kind == "regression" else scores
 
 
@@ -369,11 +376,15 @@ class LinearProbe(_Head):
             pooled = self.mix(layers[:, :, :1])[:, :, 0]
         else:
             # Pooling and mixing are both linear; mixing first keeps the float copy at [K, B, T, H].
-            x = self.mix(layers)
-            m = mask.to(x.dtype)[None, :, :, None]
-            pooled = (x * m).sum(2) / m.sum(2)
+            pooled = mean_pool(self.mix(layers), mask)
         out = self.linear(self.norm(pooled))  # [K, B, labels]
         return out[..., 0] if self.cfg.kind == "regression" else out
+
+
+def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[K, B, T, H] -> [K, B, H]: the mean over each row's real tokens."""
+    m = mask.to(x.dtype)[None, :, :, None]
+    return (x * m).sum(2) / m.sum(2)
 
 
 def build_head(cfg: HeadConfig, k: int = 1) -> _Head:
