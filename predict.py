@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from ytune.cache.identity import Identity
-from ytune.cache.writer import ShardPlan
 from ytune.device import batch_tokens as batch_tokens_for
 from ytune.errors import UserError
 from ytune.extract.data import SplitData
@@ -86,7 +85,7 @@ class Predictor:
             disable=not progress if progress is not None else None,
             file=sys.stderr,
         )
-        for rows in batches(ShardPlan(0, order, tok.lengths[order]), self.batch_tokens):
+        for rows in batches(order, tok.lengths[order], self.batch_tokens):
             hidden, mask = run_encoder(self.encoder, tok, rows, self.layers)
             self.encoder_calls += 1
             features = hidden.to(self.dtype)  # as stored in the cache the heads were trained on

@@ -173,7 +173,7 @@ def run_bare(split: SplitData, encoder: Encoder, layers: tuple[int, ...], batch_
     tokens = nbatches = 0
     with torch.inference_mode():
         for shard in plan:
-            for rows in batches(shard, batch_tokens):
+            for rows in batches(shard.rows, shard.lengths, batch_tokens):
                 inputs, mask = pad(tok, rows, pad_id, torch.device("cpu"))
                 hidden = forward_layers(encoder.model, inputs, layers)
                 tokens += int(mask.sum())

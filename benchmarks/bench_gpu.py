@@ -114,7 +114,7 @@ def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> d
         for split in dataset.splits.values():
             tok = tokenize(encoder.tokenizer, split, ExtractConfig().max_length)
             for shard in plan_shards(tok.lengths, bytes_per_token):
-                for rows in batches(shard, batch_tokens):
+                for rows in batches(shard.rows, shard.lengths, batch_tokens):
                     inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, encoder.device)
                     forward_layers(encoder.model, inputs, layers)
                     tokens += int(mask.sum())

@@ -36,9 +36,8 @@ from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
 TRUNCATION = "longest_first"
-# A CPU batch under this many padded tokens runs on one thread: the label names' two-row pass took
-# 0.49 s with 2 threads on a 2-core machine another job kept busy (each op waits for the busy core)
-# and 0.01 s with one; small batches gain nothing from a second thread when the cores are free.
+# A CPU batch under this many padded tokens runs on one thread: it gains nothing from a second one
+# when the cores are free, and waits on every op for a core another job keeps busy (RESULTS.md 1).
 SMALL_BATCH_TOKENS = 256
 # The last four hidden states: what the heads' defaults were measured on. With the last one alone
 # the default head gave STS-B Pearson 0.555 where the last four give 0.795 (SST-2: 0.831 against 0.859).
@@ -110,14 +109,15 @@ def tokenize(tokenizer, split: SplitData, max_length: int) -> Tokenized:
     )
 
 
-def batches(shard: ShardPlan, batch_tokens: int) -> Iterator[np.ndarray]:
-    """Consecutive runs of the shard's (length-sorted) rows whose padded size fits the budget."""
+def batches(rows: np.ndarray, lengths: np.ndarray, batch_tokens: int) -> Iterator[np.ndarray]:
+    """Consecutive runs of `rows` (sorted by their `lengths`, ascending) whose padded size fits the
+    budget: the encoder's batches, for a shard being extracted or texts being predicted."""
     start = 0
-    for end in range(1, len(shard.rows) + 1):
-        if end - start > 1 and (end - start) * shard.lengths[end - 1] > batch_tokens:
-            yield shard.rows[start : end - 1]
+    for end in range(1, len(rows) + 1):
+        if end - start > 1 and (end - start) * lengths[end - 1] > batch_tokens:
+            yield rows[start : end - 1]
             start = end - 1
-    yield shard.rows[start:]
+    yield rows[start:]
 
 
 def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
@@ -255,7 +255,7 @@ def _encode_shards(
         for split, shard in todo:
             tok = tokenized[split]
             out.start(split, shard)
-            for rows in batches(shard, tokens):
+            for rows in batches(shard.rows, shard.lengths, tokens):
                 hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
                 out.put(to_storage(hidden[mask], cfg.dtype, layers).cpu())
                 bar.update(int(mask.sum()))
