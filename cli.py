@@ -183,8 +183,15 @@ def name_list(text: str) -> list[str]:
 
 def load_dataset_args(args: argparse.Namespace):
     """The dataset an `extract` command names: a GLUE task, or the user's files."""
-    from ytune.extract.data import GLUE_TASKS, load_files, load_glue
+    from ytune.extract.data import GLUE_TASKS, load_files, load_glue, load_hf
 
+    if args.data and args.dataset:
+        raise UserError("give --data files or a --dataset, not both.")
+    if args.dataset:
+        if args.text_field is None:
+            raise UserError("--dataset needs --text-field to name the column that holds the text.")
+        return load_hf(args.dataset, args.text_field, args.text_pair_field, args.label_field, args.task,
+                       args.split, args.dataset_config, args.limit)  # fmt: skip
     if args.data:
         files = {}
         for item in args.data:
@@ -197,7 +204,7 @@ def load_dataset_args(args: argparse.Namespace):
         )
     if args.task is None:
         raise UserError(
-            f"name a dataset: --task one of {', '.join(GLUE_TASKS)}, or --data FILE with --text-field."
+            f"name a dataset: --task one of {', '.join(GLUE_TASKS)}, --data FILE or --dataset FOLDER with --text-field."
         )
     return load_glue(args.task, args.split or ["train", "validation"], args.data_dir, args.limit)
 
@@ -331,8 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--task",
         help="a GLUE task (sst2, cola, mrpc, rte, stsb, wnli, qnli, qqp, mnli), or the name of "
-        "your task with --data",
+        "your task with --data or --dataset",
     )
+    src.add_argument(
+        "--dataset",
+        metavar="NAME_OR_FOLDER",
+        help="a Hugging Face datasets source: a folder written by save_to_disk, or a hub dataset",
+    )
+    src.add_argument("--dataset-config", help="the hub dataset's configuration (with --dataset)")
     src.add_argument(
         "--data-dir", help="local GLUE folder in the standard layout (default: $YTUNE_GLUE_DIR, else the hub)"
     )
@@ -342,9 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[SPLIT=]PATH",
         help="a CSV/TSV/JSON/JSONL/Parquet file of one split (bare PATH: train); repeat per split",
     )
-    src.add_argument("--text-field", help="column holding the text (with --data)")
-    src.add_argument("--text-pair-field", help="column holding the second text of pairs (with --data)")
-    src.add_argument("--label-field", help="column holding the label (with --data)")
+    src.add_argument("--text-field", help="column holding the text (with --data or --dataset)")
+    src.add_argument(
+        "--text-pair-field", help="column holding the second text of pairs (with --data or --dataset)"
+    )
+    src.add_argument("--label-field", help="column holding the label (with --data or --dataset)")
     src.add_argument(
         "--split", type=name_list, help="splits to extract, comma-separated (GLUE default: train,validation)"
     )

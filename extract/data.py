@@ -1,4 +1,4 @@
-"""Text datasets for the extraction stage: GLUE tasks and the user's own files.
+"""Text datasets for the extraction stage: GLUE tasks, the user's own files, `datasets` sources.
 
 Everything here turns some source of labelled text into one small, plain structure
 (`TextDataset`: a `TaskSpec` plus, per split, parallel lists of texts, optional second texts and
@@ -33,6 +33,7 @@ __all__ = [
     "TextDataset",
     "load_files",
     "load_glue",
+    "load_hf",
     "text_fingerprint",
 ]
 
@@ -415,6 +416,95 @@ def load_files(
     tables = {split: _read_table(path, limit) for split, path in paths.items()}
     # Errors name the file, and its split where there are several (predict's --input is one file).
     wheres = {s: f"split {s!r} ({p})" if len(paths) > 1 else str(p) for s, p in paths.items()}
+    ref = "train" if "train" in paths else next(iter(paths))
+    name = task if task else paths[ref].stem
+    glue_spec = GLUE_TASKS.get(task.lower()) if task else None
+    return _from_tables(tables, wheres, text_field, text_pair_field, label_field, name, glue_spec, limit)
+
+
+def load_hf(
+    source: Any,
+    text_field: str,
+    text_pair_field: str | None = None,
+    label_field: str | None = None,
+    task: str | None = None,
+    splits: Sequence[str] | None = None,
+    config: str | None = None,
+    limit: int | None = None,
+) -> TextDataset:
+    """A Hugging Face `datasets` source: a `Dataset` or `DatasetDict`, a folder written by
+    `save_to_disk`, or a hub dataset's name (with `config`, where the hub is reachable).
+
+    Its columns go through the same checks as files' (texts must be non-empty strings; labels as
+    `load_files` reads them), except that a `ClassLabel` column keeps its names in their order,
+    and a split whose labels are all -1 (the hub's unlabelled test splits) has no labels.
+    `splits` picks splits (default: all); `limit` keeps the first N rows of each.
+    """
+    import datasets
+
+    _check_limit(limit)
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            try:
+                source, name = datasets.load_from_disk(str(path)), path.name
+            except (FileNotFoundError, ValueError) as e:
+                raise UserError(f"{path} is not a dataset folder written by save_to_disk ({e}).") from None
+        else:
+            name = f"{source}/{config}" if config else str(source)
+            try:
+                source = datasets.load_dataset(str(source), config)
+            except Exception as e:  # the hub and the builders raise many types; each is one sentence
+                raise UserError(f"cannot load the dataset {name!r} ({type(e).__name__}: {e}).") from None
+    else:
+        first = source if isinstance(source, datasets.Dataset) else next(iter(source.values()))
+        name = task or first.info.dataset_name or "dataset"
+    parts = (
+        {source.split and str(source.split) or "train": source}
+        if isinstance(source, datasets.Dataset)
+        else source
+    )
+    chosen = list(splits or parts)
+    unknown = [s for s in chosen if s not in parts]
+    if unknown:
+        raise UserError(f"the dataset {name!r} has no split {unknown[0]!r} (it has: {', '.join(parts)}).")
+    known = GLUE_TASKS.get(task.lower()) if task else None
+    tables, wheres = {}, {}
+    for split in chosen:
+        part = parts[split] if limit is None else parts[split].select(range(min(limit, len(parts[split]))))
+        wheres[split] = f"split {split!r} of {name}"
+        wanted = [c for c in (text_field, text_pair_field, label_field) if c is not None]
+        tables[split] = part.select_columns([c for c in wanted if c in part.column_names]).to_dict()
+        for column in (text_field, text_pair_field):
+            if column is not None and column not in part.column_names:
+                raise UserError(f"The column {column!r} is not in {wheres[split]}; its columns are: "
+                                f"{', '.join(part.column_names)}.")  # fmt: skip
+        feature = part.features.get(label_field) if label_field else None
+        if isinstance(feature, datasets.ClassLabel) and known is None:
+            names = tuple(feature.names)
+            known = TaskSpec(
+                task or name,
+                "classification",
+                names,
+                ("accuracy", "f1") if len(names) == 2 else ("accuracy",),
+            )
+        if isinstance(feature, datasets.ClassLabel):
+            tables[split][label_field] = [None if v == -1 else v for v in tables[split][label_field]]
+    return _from_tables(tables, wheres, text_field, text_pair_field, label_field, task or name, known, limit)
+
+
+def _from_tables(
+    tables: dict[str, dict[str, list[Any]]],
+    wheres: dict[str, str],
+    text_field: str,
+    text_pair_field: str | None,
+    label_field: str | None,
+    name: str,
+    spec: TaskSpec | None,
+    limit: int | None,
+) -> TextDataset:
+    """Columns of each split (files, or a `datasets` source) checked and turned into a dataset. A
+    given `spec` (a GLUE task's, or a ClassLabel's names) fixes the labels' names and order."""
     data: dict[str, dict[str, Any]] = {}
     for split, table in tables.items():
         where = wheres[split]
@@ -429,15 +519,12 @@ def load_files(
         )
         data[split] = entry
 
-    ref = "train" if "train" in paths else next(iter(paths))
-    name = task if task else paths[ref].stem
-    glue_spec = GLUE_TASKS.get(task.lower()) if task else None
-
+    ref = "train" if "train" in tables else next(iter(tables))
     if label_field is None:
-        spec = glue_spec or TaskSpec(name, "classification", None, ("accuracy",))
-        labels: dict[str, list | None] = dict.fromkeys(paths)
+        spec = spec or TaskSpec(name, "classification", None, ("accuracy",))
+        labels: dict[str, list | None] = dict.fromkeys(tables)
     else:
-        spec, labels = _labels(tables, wheres, label_field, ref, name, glue_spec)
+        spec, labels = _labels(tables, wheres, label_field, ref, name, spec)
 
     splits = {
         split: SplitData(texts=d["texts"], pairs=d["pairs"], labels=labels[split])
@@ -494,7 +581,7 @@ def _labels(
     field: str,
     ref: str,
     name: str,
-    glue_spec: TaskSpec | None,
+    known: TaskSpec | None,
 ) -> tuple[TaskSpec, dict[str, list | None]]:
     """The task spec and each split's labels (index or float per row, or None for the split)."""
     present = [s for s in tables if field in tables[s]]
@@ -535,8 +622,8 @@ def _labels(
         raise UserError(f"The label column {field!r} is empty in every file; there is nothing to learn.")
 
     all_cells = [c for s in labelled for c in norm[s]]
-    if glue_spec is not None:
-        kind = glue_spec.kind
+    if known is not None:
+        kind = known.kind
     else:
         numeric = all(n is not None for _, n in all_cells)
         kind = (
@@ -560,15 +647,15 @@ def _labels(
                     )
                 vals.append(float(n))
             out[split] = vals
-        spec = glue_spec or TaskSpec(name, "regression", None, ("pearson", "spearman"))
+        spec = known or TaskSpec(name, "regression", None, ("pearson", "spearman"))
         return spec, out
 
-    if glue_spec is not None:
-        names = glue_spec.label_names or ()
+    if known is not None:
+        names = known.label_names or ()
         index = {n: i for i, n in enumerate(names)}
         index.update({str(i): i for i in range(len(names))})
-        source = f"GLUE task {glue_spec.name!r}, whose labels are {', '.join(names)} (or 0-{len(names) - 1})"
-        spec = glue_spec
+        source = f"task {known.name!r}, whose labels are {', '.join(names)} (or 0-{len(names) - 1})"
+        spec = known
     else:
         ref_split = ref if norm[ref] is not None else labelled[0]
         keys = {k for k, _ in norm[ref_split]}

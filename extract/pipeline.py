@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
 from ytune.device import autocast as autocast_to
 from ytune.device import batch_tokens
 from ytune.errors import UserError
-from ytune.extract.data import SplitData, TextDataset, text_fingerprint
+from ytune.extract.data import SplitData, TextDataset, load_hf, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
 TRUNCATION = "longest_first"
@@ -120,8 +121,20 @@ def batches(rows: np.ndarray, lengths: np.ndarray, batch_tokens: int) -> Iterato
     yield rows[start:]
 
 
-def extract(dataset: TextDataset, cfg: ExtractConfig, encoder: Encoder | None = None) -> ExtractResult:
-    """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done."""
+def extract(
+    dataset: Any,
+    cfg: ExtractConfig,
+    encoder: Encoder | None = None,
+    text_field: str = "text",
+    text_pair_field: str | None = None,
+    label_field: str | None = "label",
+) -> ExtractResult:
+    """Encode every split of `dataset` into its cache (resuming a partial one); returns what was done.
+
+    `dataset` is a TextDataset (load_glue, load_files, load_hf) or a `datasets` Dataset or
+    DatasetDict, whose columns the field names pick."""
+    if not isinstance(dataset, TextDataset):
+        dataset = load_hf(dataset, text_field, text_pair_field, label_field)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     remote = str(cfg.cache_dir) if "://" in str(cfg.cache_dir or "") else None
     if remote:

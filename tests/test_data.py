@@ -15,6 +15,7 @@ from ytune.extract.data import (
     SplitData,
     load_files,
     load_glue,
+    load_hf,
     text_fingerprint,
 )
 
@@ -315,3 +316,50 @@ def test_empty_text_and_empty_file(tmp_path):
     assert "no rows" in _err(tmp_path, "c.csv", "")
     assert "no rows" in _err(tmp_path, "d.csv", "text,label\n")
     assert "no rows" in _err(tmp_path, "e.json", "[]")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face datasets sources
+
+
+def saved_dataset(path: Path) -> Path:
+    """A DatasetDict written by save_to_disk: ClassLabel names in a non-alphabetical order, texts
+    that CSV readers take for missing values, and a test split the hub's way (labels -1)."""
+    import datasets
+
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["pos", "neg"])}
+    )
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": ["NA", "null", "a fine film", "a dull one"], "label": [0, 0, 0, 1]}, features=features),
+        "test": datasets.Dataset.from_dict({"sentence": ["unseen", "also unseen"], "label": [-1, -1]}, features=features),
+    }).save_to_disk(str(path))  # fmt: skip
+    return path
+
+
+def test_a_saved_dataset_keeps_its_class_names_and_texts(tmp_path):
+    ds = load_hf(saved_dataset(tmp_path / "reviews"), "sentence", label_field="label")
+    assert ds.name == "reviews" and ds.task.label_names == ("pos", "neg") and ds.task.kind == "classification"
+    assert ds.splits["train"].texts == ["NA", "null", "a fine film", "a dull one"]
+    assert ds.splits["train"].labels == [0, 0, 0, 1] and ds.splits["test"].labels is None
+    limited = load_hf(tmp_path / "reviews", "sentence", label_field="label", splits=["train"], limit=2)
+    assert (
+        limited.name == "reviews[:2]"
+        and list(limited.splits) == ["train"]
+        and limited.splits["train"].texts == ["NA", "null"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"text_field": "text"}, ["column 'text' is not in split 'train' of reviews", "sentence, label"]),
+        ({"text_field": "sentence", "splits": ["validation"]}, ["no split 'validation'", "train, test"]),
+    ],
+)
+def test_a_saved_dataset_with_a_wrong_column_or_split_is_one_sentence(tmp_path, kw, words):
+    with pytest.raises(UserError) as info:
+        load_hf(saved_dataset(tmp_path / "reviews"), label_field="label", **kw)
+    assert all(w in str(info.value) for w in words), info.value
+    with pytest.raises(UserError, match="not a dataset folder written by save_to_disk"):
+        load_hf(tmp_path, "sentence")

@@ -282,3 +282,24 @@ def test_negative_layer_lists_are_taken_as_users_type_them(tmp_path, layers):
                           "--limit", "4", *flag, *layers, "--cache-dir", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert open_cache(run.stdout.strip().splitlines()[-1]).identity.layers == (5, 6)  # MiniLM: 6 layers
+
+
+def test_extract_takes_a_saved_dataset_and_a_datasetdict(tmp_path, encoder):
+    import datasets
+    from test_data import saved_dataset
+
+    folder = saved_dataset(tmp_path / "reviews")
+    run = subprocess.run([*CLI, "extract", "--dataset", str(folder), "--text-field", "sentence", "--label-field", "label",
+                          "--layers", "-1", "--cache-dir", str(tmp_path / "c")],
+                         capture_output=True, text=True, env={**os.environ, "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    cache = open_cache(run.stdout.strip().splitlines()[-1])
+    assert cache.identity.dataset == "reviews" and sorted(cache.splits) == ["test", "train"]
+    column = cache.labels("train", "reviews")
+    assert column.names == ["pos", "neg"] and column.values.tolist() == [0, 0, 0, 1]
+    assert not cache.manifest.splits["test"].labels  # the hub's -1 labels: an unlabelled split
+    assert not list((tmp_path / "hf").rglob("*.arrow"))  # no second copy under the datasets cache
+    cfg = ExtractConfig(layers=(-1,), cache_dir=tmp_path / "api", progress=False)
+    api = open_cache(extract(datasets.load_from_disk(str(folder)), cfg, encoder, text_field="sentence").path)
+    (name,) = api.manifest.splits["train"].labels
+    assert api.labels("train", name).names == ["pos", "neg"]
