@@ -303,6 +303,50 @@ class _Training:
         stack, _ = self.bank.head(name)
         return count_parameters(stack) // stack.size
 
+    def start(self) -> int:
+        """A fresh run: each head's folder, its log emptied; the first epoch is 0."""
+        for name in self.runs:
+            (self.out / name).mkdir(parents=True, exist_ok=True)
+            (self.out / name / "log.jsonl").unlink(missing_ok=True)
+        return 0
+
+    def record(
+        self, epoch: int, losses: dict[str, float], scores: dict[str, dict], seen: int, seconds: float
+    ) -> None:
+        """An epoch's loss and selection metrics per head: its history and log line, its checkpoint
+        when the epoch is its best so far, its patience otherwise."""
+        for name, metrics in scores.items():
+            r = self.runs[name]
+            entry = {"epoch": epoch, "loss": losses[name], **{f"{self.selection}_{k}": v for k, v in metrics.items()},
+                     "seconds": seconds, "examples_per_s": seen / seconds}  # fmt: skip
+            r.history.append(entry)
+            score = metrics[r.info.metrics[0]]
+            if score > r.best:
+                r.best, r.best_epoch, r.best_metrics, r.stale = score, epoch, metrics, 0
+                self.save(name)
+            else:
+                r.stale += 1
+                r.done = bool(self.cfg.patience) and r.stale >= self.cfg.patience
+            self.log(json.dumps({"head": name, **entry}))
+            with open(self.out / name / "log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def finish(self) -> dict[str, dict]:
+        """Each head's metrics on the evaluation split at its best epoch (with holdout selection, its
+        checkpoint scored once now), written to metrics.json beside its curves."""
+        cfg, out = self.cfg, self.out
+        final = {n: r.best_metrics for n, r in self.runs.items()}
+        if cfg.select_on == HOLDOUT:
+            final = evaluate([out / n for n in self.runs], self.cache.path, cfg.eval_split, cfg)
+        for name, r in self.runs.items():
+            summary = {"best_epoch": r.best_epoch, "selected_on": self.selection,
+                       "selection": r.best_metrics, cfg.eval_split: final[name], "lr": r.lr, "weight_decay": r.weight_decay,
+                       "tunable_parameters": self.parameters(name),
+                       "encoder_parameters": self.encoder_params, "history": r.history}  # fmt: skip
+            (out / name / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+            plot_curves(r.history, out / name / "curves.png", name)
+        return final
+
     def save_state(self, epoch: int) -> None:
         """Everything a resumed run needs after `epoch`, in one file replaced atomically: the stacks,
         the optimizers' moments, the random states (CPU and every CUDA device), and as JSON the
@@ -412,49 +456,17 @@ def train(cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, o
           resume: bool = False, log=print) -> dict[str, dict]:  # fmt: skip
     """Train every head in `specs` on one stream of the cache; returns each head's metrics on the
     evaluation split at its best epoch (chosen on cfg.select_on)."""
-    out = Path(out)
-    run = _Training(cache_path, specs, cfg, out, log)
+    run = _Training(cache_path, specs, cfg, Path(out), log)
     run.describe()
-    runs = run.runs
-    first_epoch = run.resume() if resume and (out / STATE).exists() else 0
-    if first_epoch == 0:
-        for name in runs:
-            (out / name).mkdir(parents=True, exist_ok=True)
-            (out / name / "log.jsonl").unlink(missing_ok=True)
+    first_epoch = run.resume() if resume and (Path(out) / STATE).exists() else run.start()
     for epoch in range(first_epoch, run.epochs):
-        active = [n for n, r in runs.items() if not r.done]
-        if not active:
+        active = [n for n, r in run.runs.items() if not r.done]
+        if not active:  # every head stopped by patience
             break
         losses, seen, seconds = run.train_epoch(epoch, active)
-        scores = run.select(active)
-        for name in active:
-            r, metrics = runs[name], scores[name]
-            entry = {"epoch": epoch, "loss": losses[name], **{f"{run.selection}_{k}": v for k, v in metrics.items()},
-                     "seconds": seconds, "examples_per_s": seen / seconds}  # fmt: skip
-            r.history.append(entry)
-            score = metrics[r.info.metrics[0]]
-            if score > r.best:
-                r.best, r.best_epoch, r.best_metrics, r.stale = score, epoch, metrics, 0
-                run.save(name)
-            else:
-                r.stale += 1
-                r.done = bool(cfg.patience) and r.stale >= cfg.patience
-            log(json.dumps({"head": name, **entry}))
-            with open(out / name / "log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
+        run.record(epoch, losses, run.select(active), seen, seconds)
         run.save_state(epoch)
-
-    final = {n: r.best_metrics for n, r in runs.items()}
-    if cfg.select_on == HOLDOUT:  # the chosen checkpoints, scored once on the evaluation split
-        final = evaluate([out / n for n in runs], run.cache.path, cfg.eval_split, cfg)
-    for name, r in runs.items():
-        summary = {"best_epoch": r.best_epoch, "selected_on": run.selection,
-                   "selection": r.best_metrics, cfg.eval_split: final[name], "lr": r.lr, "weight_decay": r.weight_decay,
-                   "tunable_parameters": run.parameters(name),
-                   "encoder_parameters": run.encoder_params, "history": r.history}  # fmt: skip
-        (out / name / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
-        plot_curves(r.history, out / name / "curves.png", name)
-    return final
+    return run.finish()
 
 
 def _natural(key: str) -> tuple:
