@@ -410,7 +410,11 @@ class StreamDataset(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.reader)
+        """Batches in an epoch read by one process (each DataLoader worker cuts its own last batch,
+        so N workers yield up to N - 1 more)."""
+        keep = self.stream_args.get("keep")
+        rows = len(self.reader) if keep is None else int(np.count_nonzero(keep))
+        return -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()

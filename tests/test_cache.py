@@ -90,8 +90,11 @@ def test_dataloader_workers_see_every_example_once(written, workers):
     loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     for epoch in range(2):
         dataset.set_epoch(epoch)
-        rows = [r for batch in loader for r in batch.rows.tolist()]
+        batches = list(loader)
+        rows = [r for batch in batches for r in batch.rows.tolist()]
         assert sorted(rows) == list(range(cache_job.ROWS))
+        assert len(dataset) <= len(batches) <= len(dataset) + workers - (workers > 0)  # len counts batches
+    assert len(dataset) == -(-cache_job.ROWS // 8)
 
 
 def test_bfloat16_is_stored_as_uint16_bits_and_plain_libraries_read_it(tmp_path):
