@@ -47,13 +47,15 @@ class Batch:
     rows: torch.Tensor  # [B] int64
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(
-            move(self.features),
-            move(self.mask),
-            {k: move(v) for k, v in self.labels.items()},
-            move(self.rows),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """In page-locked memory, so that `to(cuda, non_blocking=True)` overlaps the copy with
+        compute; the DataLoader calls it in its pinning thread, the stream in its prefetch thread."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, f) -> Batch:
+        return Batch(f(self.features), f(self.mask), {k: f(v) for k, v in self.labels.items()}, f(self.rows))
 
 
 @dataclass
@@ -260,6 +262,7 @@ class SplitReader:
         prefetch: int = 2,
         worker: tuple[int, int] = (0, 1),
         keep: np.ndarray | None = None,
+        pin: bool = False,
     ) -> Iterator[Batch]:
         """Batches of one epoch. `worker=(i, n)` takes every n-th shard of the epoch's order, so n
         readers together yield every example exactly once. `keep` (bool per source row) limits the
@@ -278,6 +281,7 @@ class SplitReader:
             buffer_size,
             keep,
         )
+        batches = (b.pin_memory() for b in batches) if pin else batches  # for CUDA: see Batch.pin_memory
         return _prefetched(batches, prefetch) if prefetch > 0 else batches
 
     def _batches(

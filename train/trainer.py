@@ -187,13 +187,14 @@ def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers
     DataLoader worker processes."""
     args = dict(labels=list(labels), layers=list(layers), shuffle=shuffle, seed=cfg.seed,
                 buffer_size=cfg.buffer_size, keep=keep)  # fmt: skip
+    pin = (
+        pick_device(cfg.device).type == "cuda"
+    )  # page-locked batches: their copies to the GPU overlap compute
     if cfg.workers <= 0:
-        return reader.stream(cfg.batch_size, epoch=epoch, **args)
+        return reader.stream(cfg.batch_size, epoch=epoch, pin=pin, **args)
     dataset = reader.dataset(cfg.batch_size, epoch=epoch, **args)
     return iter(
-        torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=False
-        )
+        torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pin)
     )
 
 
