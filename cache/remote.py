@@ -100,6 +100,7 @@ def mirror(url: str) -> Path:
     text = _cat(fs, f"{root}/{MANIFEST}", url).decode()
     manifest = Manifest.from_json(text, Path(url) / MANIFEST)
     path = mirror_root() / manifest.cache_id
+    path.mkdir(parents=True, exist_ok=True)
     small = {
         f"{s}/labels/{c}.json": r.checksum
         for s, rec in manifest.splits.items()
@@ -119,8 +120,10 @@ def mirror(url: str) -> Path:
                 f"{name} of {url} does not match its manifest checksum; run ytune cache verify {url}."
             )
         os.replace(tmp, local)
-    (path / REMOTE).write_text(json.dumps({"url": url.rstrip("/")}))
-    (path / MANIFEST).write_text(text)
+    for name, content in ((REMOTE, json.dumps({"url": url.rstrip("/")})), (MANIFEST, text)):
+        tmp = path / f"{TMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(content)
+        os.replace(tmp, path / name)  # other processes of this machine may be reading the mirror
     return path
 
 
