@@ -215,7 +215,7 @@ def table(path: Path) -> str:
                          " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("ytuning", "lora", "full"))])  # fmt: skip
     headers = ["encoder", "task", "metric", "Y-Tuning", "probe", "LoRA r=8", "full FT",
                "Y-Tuning % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
-    out = markdown_table(headers, rows)
+    out = markdown_table(headers, rows) + "\n"
     for (encoder, method), got in sorted(shares.items()):
         out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
     return out
