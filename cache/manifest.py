@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ytune.cache.format import FORMAT_VERSION, MANIFEST, MANIFEST_LOCK, TMP_PREFIX
+from ytune.cache.format import FORMAT_VERSION, MANIFEST, MANIFEST_LOCK, TEXTS, TMP_PREFIX
 from ytune.cache.identity import Identity
 from ytune.errors import UserError
 
@@ -51,6 +51,11 @@ class SplitRecord:
     @property
     def complete(self) -> bool:
         return len(self.shards) == self.num_shards
+
+    def small_files(self) -> dict[str, str]:
+        """The split's label and text files (paths inside the split's folder) and their checksums."""
+        files = {f"labels/{column}.json": label.checksum for column, label in sorted(self.labels.items())}
+        return {**files, TEXTS: self.texts} if self.texts else files
 
 
 @dataclass

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ytune.cache.format import MANIFEST, TEXTS, TMP_PREFIX, default_root
+from ytune.cache.format import MANIFEST, TMP_PREFIX, default_root
 from ytune.cache.manifest import Manifest
 from ytune.errors import UserError
 
@@ -102,11 +102,10 @@ def mirror(url: str) -> Path:
     path = mirror_root() / manifest.cache_id
     path.mkdir(parents=True, exist_ok=True)
     small = {
-        f"{s}/labels/{c}.json": r.checksum
+        f"{s}/{name}": digest
         for s, rec in manifest.splits.items()
-        for c, r in rec.labels.items()
+        for name, digest in rec.small_files().items()
     }
-    small.update({f"{s}/{TEXTS}": rec.texts for s, rec in manifest.splits.items() if rec.texts})
     for name, digest in small.items():
         local = path / name
         if local.exists() and checksum(local) == digest:

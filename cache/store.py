@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, TEXTS, default_root, shard_name
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
 from ytune.cache.manifest import Manifest, read_manifest
 from ytune.cache.remote import REMOTE, filesystem, is_url, mirror, store_error, url_of
 from ytune.errors import UserError
@@ -140,9 +140,7 @@ def verify(path: Path, drop: bool = False) -> list[str]:
                 problems.append(
                     f"{split}/{shard_name(index)}{suffix}: not in the manifest (not written yet, or dropped)"
                 )
-        files = {f"labels/{column}.json": label.checksum for column, label in sorted(record.labels.items())}
-        files.update({TEXTS: record.texts} if record.texts else {})
-        for name, digest in files.items():
+        for name, digest in record.small_files().items():
             if not (path / split / name).exists():
                 problems.append(f"{split}/{name}: missing")
             elif checksum(path / split / name) != digest:
@@ -164,8 +162,7 @@ def verify_remote(path: Path, m: Manifest) -> list[str]:
     suffix, problems = get_backend(m.backend).suffix, []
     for split, record in m.splits.items():
         objects = {f"{name}{suffix}": shard.checksum for name, shard in sorted(record.shards.items())}
-        objects.update({f"labels/{c}.json": label.checksum for c, label in sorted(record.labels.items())})
-        objects.update({TEXTS: record.texts} if record.texts else {})
+        objects.update(record.small_files())
         for name, digest in objects.items():
             with tempfile.TemporaryDirectory(dir=path) as tmp:
                 local = Path(tmp) / "object"
