@@ -12,13 +12,15 @@ row) raises `UserError` with one sentence naming the thing; nothing here prints 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
-import json
 import math
 import os
 import re
 import struct
+import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,9 +387,11 @@ def load_files(
 ) -> TextDataset:
     """Load the user's own files, one per split (`files` maps split name -> path).
 
-    The extension picks the reader: .csv, .tsv (standard CSV quoting with a tab delimiter, not
-    GLUE's no-quoting), .json (a list of row objects, or an object of equal-length columns),
-    .jsonl (one row object a line) and .parquet. The first row of a CSV/TSV is its header.
+    The extension picks the `datasets` builder that reads the file: .csv, .tsv (standard CSV
+    quoting with a tab delimiter, not GLUE's no-quoting), .json (a list of row objects, or one
+    object a line), .jsonl (one row object a line) and .parquet. The first row of a CSV/TSV is its
+    header; its columns are read as strings, and texts such as "NA", "null" or "None" stay texts. The
+    files are streamed, so nothing is written under the `datasets` cache and `limit` stops reading.
 
     Labels (`label_field`), decided over all splits at once so every split agrees:
       - regression when every present label is a number and some are not whole numbers (0.5, 3.8);
@@ -689,59 +693,104 @@ def _labels(
 
 
 # --------------------------------------------------------------------------------------------------
-# File readers: each returns {column: [value per row]} with every column the same length.
+# File readers: the `datasets` builders, streamed so that nothing is copied into a cache, with
+# the settings text needs. Each returns {column: [value per row]}, every column the same length.
+
+_BUILDERS = {  # extension -> (datasets builder, the format's name in messages)
+    ".csv": ("csv", "CSV"),
+    ".tsv": ("csv", "TSV"),
+    ".json": ("json", "JSON"),
+    ".jsonl": ("json", "JSON lines"),
+    ".parquet": ("parquet", "Parquet"),
+}
 
 
 def _read_table(path: Path, limit: int | None) -> dict[str, list[Any]]:
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist.")
     ext = path.suffix.lower()
-    readers = {
-        ".csv": lambda: _read_delimited(path, ",", "CSV", limit),
-        ".tsv": lambda: _read_delimited(path, "\t", "TSV", limit),
-        ".json": lambda: _read_json(path, limit),
-        ".jsonl": lambda: _read_jsonl(path, limit),
-        ".parquet": lambda: _read_parquet(path, limit),
-    }
-    if ext not in readers:
+    if ext not in _BUILDERS:
         raise UserError(
             f"Cannot tell the format of {path} from its extension {ext or '(none)'!r}; "
             f"use one of {_READERS_HELP}."
         )
-    table = readers[ext]()
-    if not table or not next(iter(table.values())):
+    builder, fmt = _BUILDERS[ext]
+    if builder == "csv":
+        options = _delimited_options(path, "\t" if ext == ".tsv" else ",", fmt)
+    else:
+        options = {}
+        if builder == "parquet":
+            _check_unique(_parquet_columns(path), path)
+
+    import datasets
+    import pandas
+    import pyarrow
+
+    columns: dict[str, list[Any]] = {}
+    count = 0
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="ytune-datasets-") as scratch,
+            _quiet_datasets(),
+            warnings.catch_warnings(),
+        ):
+            # pandas only warns when the first row is longer than the header (and drops the rest).
+            warnings.simplefilter("error", pandas.errors.ParserWarning)
+            rows = datasets.load_dataset(
+                builder, data_files=str(path), split="train", streaming=True, cache_dir=scratch, **options
+            )
+            for batch in (rows if limit is None else rows.take(limit)).iter(batch_size=10_000):
+                size = len(next(iter(batch.values())))
+                for name in {**dict.fromkeys(columns), **dict.fromkeys(batch)}:
+                    # a column first seen late is missing (None) in the rows before it, and after
+                    columns.setdefault(name, [None] * count).extend(batch.get(name, [None] * size))
+                count += size
+    except pandas.errors.ParserWarning:
+        raise UserError(
+            f"The first row of {path} has more fields than its header; is it really a {fmt} file?"
+        ) from None
+    except (ValueError, pyarrow.ArrowException) as e:  # includes decoding and parser errors
+        raise UserError(f"{path} is not a readable {fmt} file ({_first_line(e)}).") from None
+    if not count:
         raise UserError(f"Data file {path} holds no rows.")
-    return table
+    return columns
 
 
-def _read_delimited(path: Path, delimiter: str, fmt: str, limit: int | None) -> dict[str, list[Any]]:
-    # Texts can be long documents; the csv module's default cap of 128 KiB per field is not ours.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+def _delimited_options(path: Path, delimiter: str, fmt: str) -> dict[str, Any]:
+    """The csv builder's settings for text: every column a string (labels are parsed later), "NA",
+    "null" and "" kept as they are, the byte-order mark dropped, no column taken for an index.
+
+    The header is read here first because pandas renames a repeated column ("a", "a.1") where a
+    repeated name is a mistake to report, and because the string types need the column names.
+    """
+    import datasets
+
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter, strict=True)
-            header = None
-            rows: list[list[str]] = []
-            for row in reader:
-                if not row:
-                    continue  # blank line
-                if header is None:
-                    header = row
-                    _check_unique(header, path)
-                    continue
-                if len(row) != len(header):
-                    raise UserError(
-                        f"Line {reader.line_num} of {path} has {len(row)} fields where the header has "
-                        f"{len(header)}; is it really a {fmt} file?"
-                    )
-                rows.append(row)
-                if limit is not None and len(rows) >= limit:
-                    break
+            header = next((row for row in csv.reader(f, delimiter=delimiter, strict=True) if row), None)
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is not a readable {fmt} file ({e}).") from None
     if header is None:
-        return {}
-    return {name: [r[i] for r in rows] for i, name in enumerate(header)}
+        raise UserError(f"Data file {path} holds no rows.")
+    _check_unique(header, path)
+    return {
+        "sep": delimiter,
+        "features": datasets.Features({name: datasets.Value("string") for name in header}),
+        "keep_default_na": False,
+        "na_filter": False,
+        "encoding": "utf-8-sig",
+        "index_col": False,
+    }
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path} is not a readable Parquet file ({_first_line(e)}).") from None
 
 
 def _check_unique(header: list[str], path: Path) -> None:
@@ -752,72 +801,21 @@ def _check_unique(header: list[str], path: Path) -> None:
         seen.add(name)
 
 
-def _rows_to_columns(rows: list[Any], path: Path, what: str) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {}
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise UserError(f"{what} {i + 1} of {path} is a {type(row).__name__}, not an object of columns.")
-        for key in row:
-            if key not in columns:
-                columns[key] = [None] * i  # a column first seen late is missing in the rows before
-        for key, values in columns.items():
-            values.append(row.get(key))
-    return columns
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _read_json(path: Path, limit: int | None) -> dict[str, list[Any]]:
+@contextlib.contextmanager
+def _quiet_datasets():
+    """The builders log each failure before raising it; the one sentence raised is the user's."""
+    from datasets.utils import logging as datasets_logging
+
+    level = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            obj = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not a readable JSON file ({e}).") from None
-    if isinstance(obj, list):
-        return _rows_to_columns(obj[:limit], path, "Item")
-    if isinstance(obj, dict):
-        lengths = {len(v) if isinstance(v, list) else -1 for v in obj.values()}
-        if -1 in lengths or len(lengths) > 1:
-            raise UserError(
-                f"{path} holds a JSON object, but not one of equal-length column lists; "
-                "give a list of row objects or an object of columns."
-            )
-        return {k: v[:limit] for k, v in obj.items()}
-    raise UserError(
-        f"{path} holds a JSON {type(obj).__name__}; give a list of row objects or an object of columns."
-    )
-
-
-def _read_jsonl(path: Path, limit: int | None) -> dict[str, list[Any]]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(
-                        f"Line {lineno} of {path} is not valid JSON ({e}); is it a JSONL file?"
-                    ) from None
-                if limit is not None and len(rows) >= limit:
-                    break
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-    return _rows_to_columns(rows, path, "Line")
-
-
-def _read_parquet(path: Path, limit: int | None) -> dict[str, list[Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path} is not a readable Parquet file ({e}).") from None
-    if limit is not None:
-        table = table.slice(0, limit)
-    _check_unique(table.column_names, path)
-    return table.to_pydict()
+        yield
+    finally:
+        datasets_logging.set_verbosity(level)
 
 
 # --------------------------------------------------------------------------------------------------

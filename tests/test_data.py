@@ -217,12 +217,33 @@ def test_every_format_loads_the_same(tmp_path, ext):
     assert ds.splits["validation"].labels == [1, 0]
 
 
-def test_json_object_of_columns(tmp_path):
-    path = tmp_path / "cols.json"
-    path.write_text(json.dumps({"text": ["one", "two"], "label": [1, 0]}))
+def test_texts_that_look_missing_stay_texts_and_a_bom_is_dropped(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes('\ufefftext,label\nNA,1\nnull,0\nNone,1\n"N/A, really",0\n'.encode())
     ds = load_files({"train": path}, "text", label_field="label")
-    assert ds.splits["train"].labels == [1, 0]
-    assert ds.task.label_names == ("0", "1")
+    assert ds.splits["train"].texts == ["NA", "null", "None", "N/A, really"]
+    assert ds.splits["train"].labels == [1, 0, 1, 0] and ds.task.label_names == ("0", "1")
+    path = tmp_path / "b.jsonl"
+    path.write_bytes('\ufeff{"text": "NA", "label": 1}\n{"text": "nan", "label": 0}\n'.encode())
+    assert load_files({"train": path}, "text", label_field="label").splits["train"].texts == ["NA", "nan"]
+
+
+def test_limit_stops_reading_at_the_limit(tmp_path):
+    # The last row is malformed, blocks beyond the first the builder reads (10,000 rows).
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(50_000)) + "a,b,c\n")
+    with pytest.raises(UserError, match="a.csv is not a readable CSV file .*Expected 2 fields"):
+        load_files({"train": path}, "text", label_field="label")
+    ds = load_files({"train": path}, "text", label_field="label", limit=5)
+    assert ds.splits["train"].texts == [f"row {i}" for i in range(5)]
+
+
+def test_files_leave_nothing_in_the_datasets_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf")
+    for ext in (".csv", ".jsonl", ".parquet"):
+        assert len(load_files({"train": _write(tmp_path / f"a{ext}", ROWS)}, "text").splits["train"]) == 3
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
 
 
 def test_integer_labels_sort_numerically_and_regression_is_inferred(tmp_path):
@@ -283,6 +304,10 @@ def test_wrong_format_content(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     assert "d.csv" in _err(tmp_path, "x.csv", "", files={"train": bad})
     assert "fields" in _err(tmp_path, "e.csv", "text,label\nhello,pos,extra\n")
+    assert "fields" in _err(tmp_path, "e2.csv", "text,label\nhello,pos\nhi,neg,extra\n")
+    assert "twice" in _err(tmp_path, "e3.csv", "text,text\nhello,pos\n")
+    columns = {"text": ["one", "two"], "label": [1, 0]}  # an object of columns: not rows
+    assert "instead of a text" in _err(tmp_path, "e4.json", json.dumps(columns))
     assert "extension" in _err(tmp_path, "f.txt", "hello\n")
     assert "does not exist" in _err(tmp_path, "g.csv", "", files={"train": tmp_path / "nope.csv"})
 
