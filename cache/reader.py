@@ -340,7 +340,7 @@ class SplitReader:
                 yield buffer[j]
 
     def dataset(self, batch_size: int = 32, **stream_args) -> StreamDataset:
-        return StreamDataset(self.cache.path, self.name, batch_size, **stream_args)
+        return StreamDataset(self, batch_size, **stream_args)
 
 
 def collate(examples: Sequence[tuple[np.ndarray, int]], columns: dict[str, LabelColumn], dtype: str) -> Batch:
@@ -400,15 +400,17 @@ def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
 
 
 class StreamDataset(IterableDataset):
-    """The stream as a PyTorch IterableDataset (use DataLoader(ds, batch_size=None)). Each
-    DataLoader worker opens its own files and reads its own share of the shards, so every example
-    comes exactly once per epoch whatever the number of workers. Call set_epoch before each epoch."""
+    """The stream as a PyTorch IterableDataset: the one way batches reach a training loop, through
+    `DataLoader(ds, batch_size=None, num_workers=N)`. With no workers it streams in the loop's
+    process, read ahead by the prefetch thread (and pinned there, `pin=True`); each of N workers
+    opens its own files and reads its own share of the shards, so every example comes exactly once
+    per epoch whatever N (the DataLoader pins their batches: pass it `pin_memory`). Call set_epoch
+    before each epoch."""
 
-    def __init__(self, path: str | Path, split: str, batch_size: int = 32, **stream_args) -> None:
-        self.path, self.split, self.batch_size = Path(path), split, batch_size
+    def __init__(self, reader: SplitReader, batch_size: int = 32, **stream_args) -> None:
+        self.reader, self.batch_size = reader, batch_size
         self.stream_args = stream_args
         self.epoch = stream_args.pop("epoch", 0)
-        self.reader = open_cache(path).split(split)  # validates now, in the main process
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -424,6 +426,6 @@ class StreamDataset(IterableDataset):
         info = get_worker_info()
         if info is None:
             return self.reader.stream(self.batch_size, epoch=self.epoch, **self.stream_args)
-        reader = open_cache(self.path).split(self.split)  # this worker's own file handles
-        args = {**self.stream_args, "prefetch": 0}  # the DataLoader already reads ahead
+        reader = Cache(self.reader.cache.path).split(self.reader.name)  # this worker's own file handles
+        args = {**self.stream_args, "prefetch": 0, "pin": False}  # the DataLoader reads ahead and pins
         return reader.stream(self.batch_size, epoch=self.epoch, worker=(info.id, info.num_workers), **args)

@@ -183,19 +183,16 @@ def _build(cache: Cache, spec: HeadSpec, cfg: TrainConfig, device: torch.device)
 
 def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers: Sequence[int], *, shuffle: bool,
             epoch: int = 0, keep: np.ndarray | None = None) -> Iterator[Batch]:  # fmt: skip
-    """The split's batches (only the rows `keep` marks, if given), from a prefetch thread or from
-    DataLoader worker processes."""
-    args = dict(labels=list(labels), layers=list(layers), shuffle=shuffle, seed=cfg.seed,
-                buffer_size=cfg.buffer_size, keep=keep)  # fmt: skip
-    pin = (
-        pick_device(cfg.device).type == "cuda"
-    )  # page-locked batches: their copies to the GPU overlap compute
-    if cfg.workers <= 0:
-        return reader.stream(cfg.batch_size, epoch=epoch, pin=pin, **args)
-    dataset = reader.dataset(cfg.batch_size, epoch=epoch, **args)
-    return iter(
-        torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pin)
+    """The split's batches (only the rows `keep` marks, if given), through a DataLoader with
+    `cfg.workers` worker processes (0: read ahead by a thread of this one), page-locked on CUDA so
+    their copies to the GPU overlap compute."""
+    pin = pick_device(cfg.device).type == "cuda"
+    dataset = reader.dataset(cfg.batch_size, labels=list(labels), layers=list(layers), shuffle=shuffle,
+                             seed=cfg.seed, epoch=epoch, buffer_size=cfg.buffer_size, keep=keep, pin=pin)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pin and cfg.workers > 0
     )
+    return iter(loader)
 
 
 def losses_of(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
