@@ -19,6 +19,7 @@ sessions as it needs. A LoRA or full fine-tuning run also saves its state after 
 
     python benchmarks/bench_study.py --encoder mpnet --methods lora,full --settings usual
     python benchmarks/bench_study.py --encoder mpnet --methods ytuning --seeds 0,1,2
+    python benchmarks/bench_study.py --encoder mpnet --methods variant,layers --seeds 0,1,2 --tasks cola
     python benchmarks/bench_study.py --table          # the table from what --results holds
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from bench_train import Baseline
 from common import environment, glue_subset, markdown_table
+from transformers import AutoConfig
 
 from ytune.extract.encoder import resolve_model
 from ytune.extract.pipeline import ExtractConfig, extract
@@ -58,6 +60,15 @@ VARIANTS = {
     "skip=pooled": {"config": {"skip": "pooled"}},
 }
 LAYERS = (-4, -3, -2, -1)
+# Which hidden states the default head reads, from a cache of all of them (`--methods layers`):
+# the last four (the cache above), the middle third (syntax peaks there in probing studies: CoLA),
+# and all of them under the head's learned softmax mix. A function of the encoder's layer count.
+LAYER_CHOICES = {
+    "last4": lambda n: list(LAYERS),
+    "middle": lambda n: list(range(n // 3, 2 * n // 3 + 1)),
+    "all": lambda n: list(range(n + 1)),
+}
+BASELINE_OF = {"variant": "default", "layers": "last4"}  # what each kind of pass compares against
 EPOCHS = 3  # of LoRA and full fine-tuning
 
 
@@ -100,6 +111,17 @@ def run_variants(encoder: str, task: str, seeds: list[int], a: argparse.Namespac
     run_pass(encoder, task, seeds, heads, a, done)
 
 
+def run_layers(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
+    """The default head on each choice of hidden states (LAYER_CHOICES), in one pass per seed over
+    a cache of every hidden state."""
+    n = AutoConfig.from_pretrained(resolve_model(ENCODERS[encoder])).num_hidden_layers
+    heads = {
+        ("layers", name): HeadSpec(f"l{i}", layers=choose(n))
+        for i, (name, choose) in enumerate(LAYER_CHOICES.items())
+    }
+    run_pass(encoder, task, seeds, heads, a, done, cached=tuple(range(n + 1)))
+
+
 def run_pass(
     encoder: str,
     task: str,
@@ -107,14 +129,16 @@ def run_pass(
     heads: dict[tuple[str, str], HeadSpec],
     a: argparse.Namespace,
     done: set,
+    cached: tuple[int, ...] = LAYERS,
 ) -> None:
-    """Train `heads` ((method, setting) -> spec) in one pass per seed; one record per head and seed."""
+    """Train `heads` ((method, setting) -> spec) in one pass per seed over the task's cache of the
+    `cached` hidden states; one record per head and seed."""
     todo = [s for s in seeds if any((encoder, task, m, setting, s) not in done for m, setting in heads)]
     if not todo:
         return
     data = glue_subset(task, TASKS[task], a.glue)
     metric = data.task.metrics[0]
-    cfg = ExtractConfig(model=ENCODERS[encoder], layers=LAYERS, cache_dir=a.cache_dir, progress=False)
+    cfg = ExtractConfig(model=ENCODERS[encoder], layers=cached, cache_dir=a.cache_dir, progress=False)
     ex = extract(data, cfg)
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
@@ -134,7 +158,7 @@ def run_pass(
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
                 record = {
                     "encoder": encoder, "task": task, "method": method, "setting": setting, "seed": seed,
-                    "lr": m["lr"], "weight_decay": m["weight_decay"], "config": spec.config,
+                    "lr": m["lr"], "weight_decay": m["weight_decay"], "config": spec.config, "layers": spec.layers,
                     "heads_in_pass": len(specs), "train_rows": len(data.splits["train"]), "metric": metric,
                     "headline": m["validation"].get(metric, math.nan), "validation": m["validation"],
                     "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
@@ -221,21 +245,25 @@ def table(path: Path) -> str:
     return out
 
 
-def variants_table(path: Path) -> str:
-    """Per encoder and task: each variant's median over seeds (min-max), against the default head
-    of the same passes."""
-    runs = [r for r in map(json.loads, path.read_text().splitlines()) if r["method"] == "variant"]
+def variants_table(path: Path, method: str) -> str:
+    """Per encoder and task: each setting of `method` ("variant" or "layers"), its median over
+    seeds (min-max), against the baseline setting of the same passes (BASELINE_OF)."""
+    runs = [r for r in map(json.loads, path.read_text().splitlines()) if r["method"] == method]
+    settings = VARIANTS if method == "variant" else LAYER_CHOICES
     rows = []
     for encoder in ENCODERS:
         for task in TASKS:
             got = {v: sorted(r["headline"] for r in runs if (r["encoder"], r["task"], r["setting"]) == (encoder, task, v))
-                   for v in VARIANTS}  # fmt: skip
-            if not got["default"]:
+                   for v in settings}  # fmt: skip
+            if not got[BASELINE_OF[method]]:
                 continue
-            base = statistics.median(got["default"])
+            base = statistics.median(got[BASELINE_OF[method]])
             rows += [[encoder, NAMES[task], v, f"{statistics.median(x):.4f}", f"{x[0]:.4f}-{x[-1]:.4f}", len(x),
                       f"{statistics.median(x) - base:+.4f}"] for v, x in got.items() if x]  # fmt: skip
-    return markdown_table(["encoder", "task", "variant", "median", "min-max", "seeds", "vs default"], rows)
+    first = "variant" if method == "variant" else "hidden states read"
+    return markdown_table(
+        ["encoder", "task", first, "median", "min-max", "seeds", f"vs {BASELINE_OF[method]}"], rows
+    )
 
 
 def main() -> None:
@@ -244,7 +272,9 @@ def main() -> None:
     p.add_argument("--encoder", choices=list(ENCODERS), default="mpnet")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument(
-        "--methods", default="ytuning,lora,full", help="ytuning (trains the probe too), lora, full"
+        "--methods",
+        default="ytuning,lora,full",
+        help="ytuning (trains the probe too), lora, full; variant, layers (the head's variants)",
     )
     p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
     p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
@@ -257,7 +287,11 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="print the table from --results and stop")
     a = p.parse_args()
     if a.table:
-        print(table(a.results) + "\n\n" + variants_table(a.results))
+        print(
+            "\n\n".join(
+                [table(a.results), variants_table(a.results, "variant"), variants_table(a.results, "layers")]
+            )
+        )
         return
     torch.set_num_threads(a.threads)
     tasks, methods = a.tasks.split(","), a.methods.split(",")
@@ -267,6 +301,8 @@ def main() -> None:
             run_heads(a.encoder, task, seeds, a, done_keys(a.results))
         if "variant" in methods:
             run_variants(a.encoder, task, seeds, a, done_keys(a.results))
+        if "layers" in methods:
+            run_layers(a.encoder, task, seeds, a, done_keys(a.results))
     for setting in a.settings.split(","):
         for task in tasks:
             for method in (m for m in methods if m in SETTINGS):
