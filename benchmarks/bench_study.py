@@ -40,6 +40,7 @@ from transformers import AutoConfig
 
 from ytune.extract.encoder import resolve_model
 from ytune.extract.pipeline import ExtractConfig, extract
+from ytune.train.sweep import sweep
 from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +69,8 @@ LAYER_CHOICES = {
     "middle": lambda n: list(range(n // 3, 2 * n // 3 + 1)),
     "all": lambda n: list(range(n + 1)),
 }
+# The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
+GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}
 BASELINE_OF = {"variant": "default", "layers": "last4"}  # what each kind of pass compares against
 EPOCHS = 3  # of LoRA and full fine-tuning
 
@@ -122,6 +125,46 @@ def run_layers(encoder: str, task: str, seeds: list[int], a: argparse.Namespace,
     run_pass(encoder, task, seeds, heads, a, done, cached=tuple(range(n + 1)))
 
 
+def task_cache(encoder: str, task: str, a: argparse.Namespace, cached: tuple[int, ...] = LAYERS):
+    """The task's rows and their cache of the `cached` hidden states (extracted once, then found)."""
+    data = glue_subset(task, TASKS[task], a.glue)
+    cfg = ExtractConfig(model=ENCODERS[encoder], layers=cached, cache_dir=a.cache_dir, progress=False)
+    return data, extract(data, cfg)
+
+
+def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
+    """Y-Tuning as the issue defines it once sweeps exist: the winner of GRID (12 heads, one pass),
+    its best epoch and the winner chosen on a held-out slice of the training rows, scored on
+    validation once. One record per seed: the winner and its validation score."""
+    todo = [s for s in seeds if (encoder, task, "sweep", "grid", s) not in done]
+    if not todo:
+        return
+    data, ex = task_cache(encoder, task, a)
+    metric = data.task.metrics[0]
+    for seed in todo:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False)
+            won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out), log=print)
+            report = json.loads((Path(out) / "sweep.json").read_text())
+            m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())
+        record = {
+            "encoder": encoder, "task": task, "method": "sweep", "setting": "grid", "seed": seed,
+            "winner": won["winner"], "selected_on": won["selected_on"], "selection": won["selection"],
+            "heads_in_pass": len(report["heads"]), "train_rows": len(data.splits["train"]), "metric": metric,
+            "headline": won["validation"].get(metric, math.nan), "validation": won["validation"],
+            "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
+            "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
+            "tunable_parameters": m["tunable_parameters"], "wall_s": time.perf_counter() - start,
+            "heads": report["heads"], "environment": environment(),
+        }  # fmt: skip
+        append(a.results, record)
+        print(
+            f"{encoder} {task} sweep seed {seed}: {won['winner']} {metric} {record['headline']:.4f}",
+            flush=True,
+        )
+
+
 def run_pass(
     encoder: str,
     task: str,
@@ -136,10 +179,8 @@ def run_pass(
     todo = [s for s in seeds if any((encoder, task, m, setting, s) not in done for m, setting in heads)]
     if not todo:
         return
-    data = glue_subset(task, TASKS[task], a.glue)
+    data, ex = task_cache(encoder, task, a, cached)
     metric = data.task.metrics[0]
-    cfg = ExtractConfig(model=ENCODERS[encoder], layers=cached, cache_dir=a.cache_dir, progress=False)
-    ex = extract(data, cfg)
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -216,7 +257,7 @@ def table(path: Path) -> str:
             if not mine:
                 continue
             cell, score, cost = {}, {}, {}
-            for method in ("ytuning", "probe"):
+            for method in ("ytuning", "sweep", "probe"):
                 got = sorted(r["headline"] for r in mine if r["method"] == method)
                 if got:
                     score[method] = statistics.median(got)
@@ -231,14 +272,14 @@ def table(path: Path) -> str:
                     score[method], cost[method] = best["headline"], best["s_per_epoch"]
                     cell[method] = f"{best['headline']:.4f} (lr {best['lr']:g})"
             full = score.get("full")
-            of_full = {m: 100 * score[m] / full for m in ("ytuning", "lora") if full and m in score}
+            of_full = {m: 100 * score[m] / full for m in ("ytuning", "sweep", "lora") if full and m in score}
             for m, share in of_full.items():
                 shares.setdefault((encoder, m), []).append(share)
-            rows.append([encoder, NAMES[task], mine[0]["metric"], cell.get("ytuning", "-"), cell.get("probe", "-"),
-                         cell.get("lora", "-"), cell.get("full", "-"), *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in ("ytuning", "lora")),
+            rows.append([encoder, NAMES[task], mine[0]["metric"], *(cell.get(m, "-") for m in ("ytuning", "sweep", "probe", "lora", "full")),
+                         *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in ("ytuning", "sweep", "lora")),
                          " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("ytuning", "lora", "full"))])  # fmt: skip
-    headers = ["encoder", "task", "metric", "Y-Tuning", "probe", "LoRA r=8", "full FT",
-               "Y-Tuning % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
+    headers = ["encoder", "task", "metric", "Y-Tuning (default head)", "Y-Tuning (swept)", "probe", "LoRA r=8", "full FT",
+               "default % of full", "swept % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
     out = markdown_table(headers, rows) + "\n"
     for (encoder, method), got in sorted(shares.items()):
         out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
@@ -274,7 +315,7 @@ def main() -> None:
     p.add_argument(
         "--methods",
         default="ytuning,lora,full",
-        help="ytuning (trains the probe too), lora, full; variant, layers (the head's variants)",
+        help="ytuning (trains the probe too), sweep (Y-Tuning swept), lora, full; variant, layers",
     )
     p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
     p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
@@ -303,6 +344,8 @@ def main() -> None:
             run_variants(a.encoder, task, seeds, a, done_keys(a.results))
         if "layers" in methods:
             run_layers(a.encoder, task, seeds, a, done_keys(a.results))
+        if "sweep" in methods:
+            run_sweep(a.encoder, task, seeds, a, done_keys(a.results))
     for setting in a.settings.split(","):
         for task in tasks:
             for method in (m for m in methods if m in SETTINGS):
