@@ -63,10 +63,12 @@ VARIANTS = {
 LAYERS = (-4, -3, -2, -1)
 # Which hidden states the default head reads, from a cache of all of them (`--methods layers`):
 # the last four (the cache above), the middle third (syntax peaks there in probing studies: CoLA),
-# and all of them under the head's learned softmax mix. A function of the encoder's layer count.
+# four spread evenly over the depth (the storage of the last four), and all of them under the
+# head's learned softmax mix. A function of the encoder's layer count n.
 LAYER_CHOICES = {
     "last4": lambda n: list(LAYERS),
     "middle": lambda n: list(range(n // 3, 2 * n // 3 + 1)),
+    "spread4": lambda n: [int(n * k / 4 + 0.5) for k in (1, 2, 3, 4)],
     "all": lambda n: list(range(n + 1)),
 }
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
