@@ -720,7 +720,7 @@ def _read_table(path: Path, limit: int | None) -> dict[str, list[Any]]:
     else:
         options = {}
         if builder == "parquet":
-            _check_unique(_parquet_columns(path), path)
+            _check_parquet(path)
 
     import datasets
     import pandas
@@ -783,14 +783,19 @@ def _delimited_options(path: Path, delimiter: str, fmt: str) -> dict[str, Any]:
     }
 
 
-def _parquet_columns(path: Path) -> list[str]:
+def _check_parquet(path: Path) -> None:
+    """Column names and row count from the footer: the builder refuses an empty file with an
+    error about batch sizes, and accepts a repeated column name."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path).names
+        meta = pq.read_metadata(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path} is not a readable Parquet file ({_first_line(e)}).") from None
+    _check_unique(meta.schema.names, path)
+    if not meta.num_rows:
+        raise UserError(f"Data file {path} holds no rows.")
 
 
 def _check_unique(header: list[str], path: Path) -> None:

@@ -228,6 +228,15 @@ def test_texts_that_look_missing_stay_texts_and_a_bom_is_dropped(tmp_path):
     assert load_files({"train": path}, "text", label_field="label").splits["train"].texts == ["NA", "nan"]
 
 
+def test_json_rows_load_in_either_shape_whatever_the_extension(tmp_path):
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    for name, content in (("l.json", lines), ("j.jsonl", json.dumps(rows, indent=1))):
+        (tmp_path / name).write_text(content)
+        ds = load_files({"train": tmp_path / name}, "text", label_field="label")
+        assert ds.splits["train"].texts == ["a", "b"] and ds.splits["train"].labels == [0, 1]
+
+
 def test_limit_stops_reading_at_the_limit(tmp_path):
     # The last row is malformed, blocks beyond the first the builder reads (10,000 rows).
     path = tmp_path / "a.csv"
