@@ -388,8 +388,8 @@ def load_files(
     """Load the user's own files, one per split (`files` maps split name -> path).
 
     The extension picks the `datasets` builder that reads the file: .csv, .tsv (standard CSV
-    quoting with a tab delimiter, not GLUE's no-quoting), .json (a list of row objects, or one
-    object a line), .jsonl (one row object a line) and .parquet. The first row of a CSV/TSV is its
+    quoting with a tab delimiter, not GLUE's no-quoting), .json and .jsonl (a list of row objects,
+    or one row object a line, either in either) and .parquet. The first row of a CSV/TSV is its
     header; its columns are read as strings, and texts such as "NA", "null" or "None" stay texts. The
     files are streamed, so nothing is written under the `datasets` cache and `limit` stops reading.
 
