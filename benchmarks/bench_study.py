@@ -142,7 +142,6 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
     if not todo:
         return
     data, ex = task_cache(encoder, task, a)
-    metric = data.task.metrics[0]
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -150,21 +149,9 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
             won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out), log=print)
             report = json.loads((Path(out) / "sweep.json").read_text())
             m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())
-        record = {
-            "encoder": encoder, "task": task, "method": "sweep", "setting": "grid", "seed": seed,
-            "winner": won["winner"], "selected_on": won["selected_on"], "selection": won["selection"],
-            "heads_in_pass": len(report["heads"]), "train_rows": len(data.splits["train"]), "metric": metric,
-            "headline": won["validation"].get(metric, math.nan), "validation": won["validation"],
-            "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
-            "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
-            "tunable_parameters": m["tunable_parameters"], "wall_s": time.perf_counter() - start,
-            "heads": report["heads"], "environment": environment(),
-        }  # fmt: skip
-        append(a.results, record)
-        print(
-            f"{encoder} {task} sweep seed {seed}: {won['winner']} {metric} {record['headline']:.4f}",
-            flush=True,
-        )
+        record_head(a.results, (encoder, task, "sweep", "grid", seed), data, m, time.perf_counter() - start,
+                    winner=won["winner"], selected_on=won["selected_on"], selection=won["selection"],
+                    heads_in_pass=len(report["heads"]), heads=report["heads"])  # fmt: skip
 
 
 def run_pass(
@@ -182,7 +169,6 @@ def run_pass(
     if not todo:
         return
     data, ex = task_cache(encoder, task, a, cached)
-    metric = data.task.metrics[0]
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -199,22 +185,25 @@ def run_pass(
                 if (encoder, task, method, setting, seed) in done:
                     continue  # trained again beside the others for the same pass, recorded once
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
-                record = {
-                    "encoder": encoder, "task": task, "method": method, "setting": setting, "seed": seed,
-                    "lr": m["lr"], "weight_decay": m["weight_decay"], "config": spec.config, "layers": spec.layers,
-                    "heads_in_pass": len(specs), "train_rows": len(data.splits["train"]), "metric": metric,
-                    "headline": m["validation"].get(metric, math.nan), "validation": m["validation"],
-                    "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
-                    "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
-                    "tunable_parameters": m["tunable_parameters"],
-                    "encoder_parameters": m["encoder_parameters"], "wall_s": wall,
-                    "history": m["history"], "environment": environment(),
-                }  # fmt: skip
-                append(a.results, record)
-                print(
-                    f"{encoder} {task} {method} {setting} seed {seed}: {metric} {record['headline']:.4f}",
-                    flush=True,
-                )
+                record_head(a.results, (encoder, task, method, setting, seed), data, m, wall,
+                            config=spec.config, layers=spec.layers, heads_in_pass=len(specs))  # fmt: skip
+
+
+def record_head(results: Path, key: tuple, data, m: dict, wall: float, **extra) -> None:
+    """Append one head's record (its metrics.json `m`, with `extra` fields) under `key` =
+    (encoder, task, method, setting, seed), and say its headline."""
+    metric = data.task.metrics[0]
+    record = {
+        **dict(zip(("encoder", "task", "method", "setting", "seed"), key, strict=True)), **extra,
+        "lr": m["lr"], "weight_decay": m["weight_decay"], "train_rows": len(data.splits["train"]), "metric": metric,
+        "headline": m["validation"].get(metric, math.nan), "validation": m["validation"],
+        "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
+        "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
+        "tunable_parameters": m["tunable_parameters"], "encoder_parameters": m["encoder_parameters"],
+        "wall_s": wall, "history": m["history"], "environment": environment(),
+    }  # fmt: skip
+    append(results, record)
+    print(" ".join(map(str, key)) + f": {metric} {record['headline']:.4f}", flush=True)
 
 
 def run_baseline(
