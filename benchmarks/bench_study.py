@@ -73,7 +73,12 @@ LAYER_CHOICES = {
 }
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
 GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}
-BASELINE_OF = {"variant": "default", "layers": "last4"}  # what each kind of pass compares against
+# The kinds of pass that compare settings of the default head: (settings, the one each is compared
+# against, what the table calls them).
+COMPARISONS = {
+    "variant": (VARIANTS, "default", "variant"),
+    "layers": (LAYER_CHOICES, "last4", "hidden states read"),
+}
 EPOCHS = 3  # of LoRA and full fine-tuning
 
 
@@ -279,23 +284,20 @@ def table(path: Path) -> str:
 
 def variants_table(path: Path, method: str) -> str:
     """Per encoder and task: each setting of `method` ("variant" or "layers"), its median over
-    seeds (min-max), against the baseline setting of the same passes (BASELINE_OF)."""
+    seeds (min-max), against the baseline setting of the same passes (COMPARISONS)."""
+    settings, baseline, called = COMPARISONS[method]
     runs = [r for r in map(json.loads, path.read_text().splitlines()) if r["method"] == method]
-    settings = VARIANTS if method == "variant" else LAYER_CHOICES
     rows = []
     for encoder in ENCODERS:
         for task in TASKS:
             got = {v: sorted(r["headline"] for r in runs if (r["encoder"], r["task"], r["setting"]) == (encoder, task, v))
                    for v in settings}  # fmt: skip
-            if not got[BASELINE_OF[method]]:
+            if not got[baseline]:
                 continue
-            base = statistics.median(got[BASELINE_OF[method]])
+            base = statistics.median(got[baseline])
             rows += [[encoder, NAMES[task], v, f"{statistics.median(x):.4f}", f"{x[0]:.4f}-{x[-1]:.4f}", len(x),
                       f"{statistics.median(x) - base:+.4f}"] for v, x in got.items() if x]  # fmt: skip
-    first = "variant" if method == "variant" else "hidden states read"
-    return markdown_table(
-        ["encoder", "task", first, "median", "min-max", "seeds", f"vs {BASELINE_OF[method]}"], rows
-    )
+    return markdown_table(["encoder", "task", called, "median", "min-max", "seeds", f"vs {baseline}"], rows)
 
 
 def main() -> None:

@@ -715,12 +715,9 @@ def _read_table(path: Path, limit: int | None) -> dict[str, list[Any]]:
             f"use one of {_READERS_HELP}."
         )
     builder, fmt = _BUILDERS[ext]
-    if builder == "csv":
-        options = _delimited_options(path, "\t" if ext == ".tsv" else ",", fmt)
-    else:
-        options = {}
-        if builder == "parquet":
-            _check_parquet(path)
+    if builder == "parquet":
+        _check_parquet(path)
+    options = _delimited_options(path, "\t" if ext == ".tsv" else ",", fmt) if builder == "csv" else {}
 
     import datasets
     import pandas
@@ -752,7 +749,7 @@ def _read_table(path: Path, limit: int | None) -> dict[str, list[Any]]:
     except (ValueError, pyarrow.ArrowException) as e:  # includes decoding and parser errors
         raise UserError(f"{path} is not a readable {fmt} file ({_first_line(e)}).") from None
     if not count:
-        raise UserError(f"Data file {path} holds no rows.")
+        raise _no_rows(path)
     return columns
 
 
@@ -771,7 +768,7 @@ def _delimited_options(path: Path, delimiter: str, fmt: str) -> dict[str, Any]:
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is not a readable {fmt} file ({e}).") from None
     if header is None:
-        raise UserError(f"Data file {path} holds no rows.")
+        raise _no_rows(path)
     _check_unique(header, path)
     return {
         "sep": delimiter,
@@ -795,7 +792,11 @@ def _check_parquet(path: Path) -> None:
         raise UserError(f"{path} is not a readable Parquet file ({_first_line(e)}).") from None
     _check_unique(meta.schema.names, path)
     if not meta.num_rows:
-        raise UserError(f"Data file {path} holds no rows.")
+        raise _no_rows(path)
+
+
+def _no_rows(path: Path) -> UserError:
+    return UserError(f"Data file {path} holds no rows.")
 
 
 def _check_unique(header: list[str], path: Path) -> None:
