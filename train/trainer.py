@@ -185,12 +185,18 @@ def batches(reader: SplitReader, cfg: TrainConfig, labels: Sequence[str], layers
             epoch: int = 0, keep: np.ndarray | None = None) -> Iterator[Batch]:  # fmt: skip
     """The split's batches (only the rows `keep` marks, if given), through a DataLoader with
     `cfg.workers` worker processes (0: read ahead by a thread of this one), page-locked on CUDA so
-    their copies to the GPU overlap compute."""
+    their copies to the GPU overlap compute. The stream orders itself from `cfg.seed`; the loader
+    gets a generator of its own, because each of its iterators draws a seed from it, which from
+    torch's global generator would shift the heads' dropout with every epoch and evaluation."""
     pin = pick_device(cfg.device).type == "cuda"
     dataset = reader.dataset(cfg.batch_size, labels=list(labels), layers=list(layers), shuffle=shuffle,
                              seed=cfg.seed, epoch=epoch, buffer_size=cfg.buffer_size, keep=keep, pin=pin)  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pin and cfg.workers > 0
+        dataset,
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=pin and cfg.workers > 0,
+        generator=torch.Generator(),
     )
     return iter(loader)
 
