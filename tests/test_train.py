@@ -287,3 +287,20 @@ def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
             quick(),
             tmp_path / "p",
         )
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_reading_batches_leaves_the_random_state_to_the_heads(sst2, workers):
+    # The heads' dropout draws from torch's generator; the loader must not, or every epoch and
+    # evaluation would shift it (and a run's figures would depend on how often batches are read).
+    from ytune.train.trainer import batches
+
+    reader = open_cache(sst2).split("train")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    rows = [
+        r for b in batches(reader, quick(workers=workers), [], [-1], shuffle=True) for r in b.rows.tolist()
+    ]
+    assert sorted(rows) == list(range(len(reader)))
+    assert torch.equal(torch.rand(3), expected)
