@@ -210,7 +210,7 @@ def load_dataset_args(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from ytune.extract.pipeline import DEFAULT_LAYERS, ExtractConfig, extract
+    from ytune.extract.pipeline import ExtractConfig, extract
 
     dataset = load_dataset_args(args)
     if args.data and args.split:
@@ -218,7 +218,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     cfg = ExtractConfig(
         model=args.model,
         weights_dtype=args.weights_dtype,
-        layers=[i for group in args.layers for i in group] if args.layers else DEFAULT_LAYERS,
+        layers=[i for group in args.layers for i in group] if args.layers else None,
         max_length=args.max_length,
         dtype=args.dtype,
         backend=args.backend,
@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_list,
         nargs="+",
         help="hidden states to cache, transformers' numbering (0 = embeddings, -1 = last): --layers -2 -1, or "
-        "--layers=-2,-1 (default: the last four, -4 -3 -2 -1, which the heads' defaults were measured on)",
+        "--layers=-2,-1 (default: the middle third of the depth, at most four spread across it: 2 3 4 of "
+        "MiniLM's 6 layers, 16 21 27 32 of a 48-layer encoder; what the heads' defaults were measured on)",
     )
     enc.add_argument(
         "--max-length", type=int, default=128, help="tokens per row, longer rows truncated (default: 128)"

@@ -48,7 +48,7 @@ from common import environment, glue_subset, markdown_table  # noqa: E402
 
 from ytune.cache.writer import plan_shards  # noqa: E402
 from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
-from ytune.extract.pipeline import DEFAULT_LAYERS, ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
+from ytune.extract.pipeline import ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
 from ytune.train.trainer import HeadSpec, TrainConfig, train  # noqa: E402
 
 XXL = dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, intermediate_size=6144, vocab_size=128100,
@@ -137,7 +137,7 @@ def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) 
     build_s = time.perf_counter() - start
     data = glue_subset("sst2", rows, glue)  # the training rows and the validation split
     encoder = load_encoder(str(folder), str(device), "bfloat16")
-    layers = resolve_layers(DEFAULT_LAYERS, encoder.num_layers)
+    layers = resolve_layers(None, encoder.num_layers)
     truncate(encoder.model, max(layers))
     batch_tokens = 32768 if device.type == "cuda" else 4096  # extract's defaults
     bare_loop(encoder, glue_subset("sst2", 64, glue), layers, batch_tokens)  # warm-up: kernels, allocator

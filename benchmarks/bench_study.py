@@ -38,7 +38,7 @@ from bench_train import Baseline
 from common import environment, glue_subset, markdown_table
 from transformers import AutoConfig
 
-from ytune.extract.encoder import resolve_model
+from ytune.extract.encoder import default_layers, resolve_model
 from ytune.extract.pipeline import ExtractConfig, extract
 from ytune.train.sweep import sweep
 from ytune.train.trainer import HeadSpec, TrainConfig, train
@@ -62,14 +62,16 @@ VARIANTS = {
 }
 LAYERS = (-4, -3, -2, -1)
 # Which hidden states the default head reads, from a cache of all of them (`--methods layers`):
-# the last four (the cache above), the middle third (syntax peaks there in probing studies: CoLA),
-# four spread evenly over the depth (the storage of the last four), and all of them under the
-# head's learned softmax mix. A function of the encoder's layer count n.
+# the last four (the cache above, ytune's default until RESULTS.md 5f), the middle third (syntax
+# peaks there in probing studies: CoLA), four spread evenly over the depth (the storage of the last
+# four), all of them under the head's learned softmax mix, and what `ytune extract` now caches by
+# default (at most four from the middle third). A function of the encoder's layer count n.
 LAYER_CHOICES = {
     "last4": lambda n: list(LAYERS),
     "middle": lambda n: list(range(n // 3, 2 * n // 3 + 1)),
     "spread4": lambda n: [int(n * k / 4 + 0.5) for k in (1, 2, 3, 4)],
     "all": lambda n: list(range(n + 1)),
+    "default": lambda n: list(default_layers(n)),
 }
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
 GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}
@@ -168,16 +170,19 @@ def run_pass(
     done: set,
     cached: tuple[int, ...] = LAYERS,
 ) -> None:
-    """Train `heads` ((method, setting) -> spec) in one pass per seed over the task's cache of the
-    `cached` hidden states; one record per head and seed."""
+    """Train the `heads` ((method, setting) -> spec) not yet recorded, in one pass per seed over the
+    task's cache of the `cached` hidden states; one record per head and seed. A head added to a
+    comparison later trains in a pass of its own: the same rows, seeds and order, another dropout
+    stream."""
     todo = [s for s in seeds if any((encoder, task, m, setting, s) not in done for m, setting in heads)]
     if not todo:
         return
     data, ex = task_cache(encoder, task, a, cached)
     for seed in todo:
+        missing = {k: spec for k, spec in heads.items() if (encoder, task, *k, seed) not in done}
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            specs = list(heads.values())
+            specs = list(missing.values())
             train(
                 ex.path,
                 specs,
@@ -186,9 +191,7 @@ def run_pass(
                 log=print,
             )
             wall = time.perf_counter() - start
-            for (method, setting), spec in heads.items():
-                if (encoder, task, method, setting, seed) in done:
-                    continue  # trained again beside the others for the same pass, recorded once
+            for (method, setting), spec in missing.items():
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
                 record_head(a.results, (encoder, task, method, setting, seed), data, m, wall,
                             config=spec.config, layers=spec.layers, heads_in_pass=len(specs))  # fmt: skip

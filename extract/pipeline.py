@@ -40,18 +40,15 @@ TRUNCATION = "longest_first"
 # A CPU batch under this many padded tokens runs on one thread: it gains nothing from a second one
 # when the cores are free, and waits on every op for a core another job keeps busy (RESULTS.md 1).
 SMALL_BATCH_TOKENS = 256
-# The last four hidden states: what the heads' defaults were measured on. With the last one alone
-# the default head gave STS-B Pearson 0.555 where the last four give 0.795 (SST-2: 0.831 against 0.859).
-DEFAULT_LAYERS = (-4, -3, -2, -1)
 
 
 @dataclass
 class ExtractConfig:
     model: str | None = None  # hub id or folder; None: the bundled all-MiniLM-L6-v2
     weights_dtype: str | None = None  # load the encoder's weights as "bfloat16" or "float16"; None: as saved
-    layers: Sequence[int] = (
-        DEFAULT_LAYERS  # hidden-state indices, transformers' numbering; negatives from the end
-    )
+    # hidden-state indices, transformers' numbering, negatives from the end; None: at most four from
+    # the middle third of the depth (encoder.default_layers), which the heads' defaults were measured on
+    layers: Sequence[int] | None = None
     max_length: int = 128
     dtype: str = "float16"  # storage: "float16" | "bfloat16"
     backend: str = "zarr"  # "zarr" | "hdf5"

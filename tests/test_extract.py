@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Mod
 from ytune.cache.reader import open_cache
 from ytune.cache.store import verify
 from ytune.extract.data import load_glue
-from ytune.extract.encoder import load_encoder, resolve_model
+from ytune.extract.encoder import load_encoder, resolve_layers, resolve_model
 from ytune.extract.pipeline import ExtractConfig, extract
 
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
@@ -282,6 +282,21 @@ def test_negative_layer_lists_are_taken_as_users_type_them(tmp_path, layers):
                           "--limit", "4", *flag, *layers, "--cache-dir", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert open_cache(run.stdout.strip().splitlines()[-1]).identity.layers == (5, 6)  # MiniLM: 6 layers
+
+
+@pytest.mark.parametrize(
+    "num_layers, expected",
+    [
+        (1, (0, 1)),
+        (3, (1, 2)),
+        (6, (2, 3, 4)),
+        (12, (4, 5, 7, 8)),
+        (24, (8, 11, 13, 16)),
+        (48, (16, 21, 27, 32)),
+    ],
+)
+def test_the_default_layers_are_at_most_four_spread_over_the_middle_third(num_layers, expected):
+    assert resolve_layers(None, num_layers) == expected
 
 
 def test_extract_takes_a_saved_dataset_and_a_datasetdict(tmp_path, encoder):

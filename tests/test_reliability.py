@@ -736,8 +736,8 @@ def test_texts_longer_than_max_length_are_truncated_and_counted(tmp_path, fast):
     assert json.loads((Path(path) / "manifest.json").read_text())["splits"]["train"]["truncated"] == 2
     split = open_cache(path).split("train")
     assert [split[i].features.shape[0] for i in range(3)] == [16, 3, 16]
-    # No --layers: the last four hidden states, which the heads' defaults were measured on.
-    assert split.cache.identity.layers == (3, 4, 5, 6) and split[0].features.shape[1] == 4
+    # No --layers: the middle third of MiniLM's depth, which the heads' defaults were measured on.
+    assert split.cache.identity.layers == (2, 3, 4) and split[0].features.shape[1] == 3
 
 
 def test_a_max_length_beyond_the_encoder_is_one_sentence_and_writes_no_cache(tmp_path, fast):
