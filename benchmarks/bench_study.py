@@ -245,6 +245,16 @@ def run_baseline(
 # The table
 
 
+# The table's Y-Tuning and probe columns: (method, setting) of their records; seeds' median.
+HEADS = {
+    "Y-Tuning (default)": ("layers", "default"),  # ytune's defaults, the hidden states included
+    "Y-Tuning (last four)": ("ytuning", "default"),  # the default until RESULTS.md 5f
+    "Y-Tuning (swept)": ("sweep", "grid"),
+    "probe": ("probe", "default"),
+}
+SHARES = ("Y-Tuning (default)", "Y-Tuning (last four)", "Y-Tuning (swept)", "lora")  # % of full FT
+
+
 def table(path: Path) -> str:
     """Per encoder and task: each method's headline (Y-Tuning and the probe: median of seeds with
     min-max; baselines: the better setting), Y-Tuning's and LoRA's % of full fine-tuning, s/epoch."""
@@ -256,12 +266,13 @@ def table(path: Path) -> str:
             if not mine:
                 continue
             cell, score, cost = {}, {}, {}
-            for method in ("ytuning", "sweep", "probe"):
-                got = sorted(r["headline"] for r in mine if r["method"] == method)
+            for name, (method, setting) in HEADS.items():
+                got = [r for r in mine if (r["method"], r["setting"]) == (method, setting)]
                 if got:
-                    score[method] = statistics.median(got)
-                    cell[method] = f"{score[method]:.4f} ({got[0]:.4f}-{got[-1]:.4f}, {len(got)} seeds)"
-                    cost[method] = statistics.median(r["s_per_epoch"] for r in mine if r["method"] == method)
+                    x = sorted(r["headline"] for r in got)
+                    score[name] = statistics.median(x)
+                    cell[name] = f"{score[name]:.4f} ({x[0]:.4f}-{x[-1]:.4f}, {len(x)} seeds)"
+                    cost[name] = statistics.median(r["s_per_epoch"] for r in got)
             for method in SETTINGS:
                 got = [r for r in mine if r["method"] == method]
                 if got:
@@ -271,14 +282,14 @@ def table(path: Path) -> str:
                     score[method], cost[method] = best["headline"], best["s_per_epoch"]
                     cell[method] = f"{best['headline']:.4f} (lr {best['lr']:g})"
             full = score.get("full")
-            of_full = {m: 100 * score[m] / full for m in ("ytuning", "sweep", "lora") if full and m in score}
+            of_full = {m: 100 * score[m] / full for m in SHARES if full and m in score}
             for m, share in of_full.items():
                 shares.setdefault((encoder, m), []).append(share)
-            rows.append([encoder, NAMES[task], mine[0]["metric"], *(cell.get(m, "-") for m in ("ytuning", "sweep", "probe", "lora", "full")),
-                         *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in ("ytuning", "sweep", "lora")),
-                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("ytuning", "lora", "full"))])  # fmt: skip
-    headers = ["encoder", "task", "metric", "Y-Tuning (default head)", "Y-Tuning (swept)", "probe", "LoRA r=8", "full FT",
-               "default % of full", "swept % of full", "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
+            rows.append([encoder, NAMES[task], mine[0]["metric"], *(cell.get(m, "-") for m in (*HEADS, "lora", "full")),
+                         *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in SHARES),
+                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("Y-Tuning (default)", "lora", "full"))])  # fmt: skip
+    headers = ["encoder", "task", "metric", *HEADS, "LoRA r=8", "full FT", *(f"{m} % of full" for m in SHARES[:3]),
+               "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
     out = markdown_table(headers, rows) + "\n"
     for (encoder, method), got in sorted(shares.items()):
         out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
