@@ -16,7 +16,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- not run by tests/test_readme\.py[^>]*-->\n)?```(bash|python)\n(.*?)```", re.S)
-README_CACHE_ID = "f6e80c94f716b6a8"
+README_CACHE_ID = "2d68ed739ab4d54f"
 LIMIT = 200
 
 
