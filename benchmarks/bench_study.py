@@ -8,17 +8,19 @@ sessions as it needs. A LoRA or full fine-tuning run also saves its state after 
 
 - Rows: the first 5,000 training rows of SST-2 and CoLA, the whole training splits of MRPC, RTE
   and STS-B; every method of a task sees the same rows; evaluation on the whole validation split.
-- Y-Tuning and the probe: ytune's defaults (the default head, default epochs, best epoch on
-  validation, the last four hidden states cached), the probe at lr 1e-3; both train in one pass
-  over the task's cache, so the pass's seconds per epoch (reading included) are both heads'. Seeds
-  0, 1, 2.
+- Y-Tuning and the probe (`--methods ytuning`): the default head (default epochs, best epoch on
+  validation) and the probe at lr 1e-3, in one pass over a cache of the last four hidden states
+  (ytune's default until RESULTS.md 5f), so the pass's seconds per epoch (reading included) are
+  both heads'. Seeds 0, 1, 2.
+- Y-Tuning with every default, today's hidden states included: `--methods layers`, setting
+  "default" (the default head on each choice of hidden states, from a cache of all of them).
 - LoRA r=8 on query/value and full fine-tuning (bench_train.py's Baseline: mean pooling, a linear
   layer, batch 32, AdamW with 6% warm-up, clipping 1.0, 3 epochs, best validation epoch), each at
   its usual learning rate and a higher one (SETTINGS); the better setting is kept on validation.
 - One torch thread per process: run the baselines in one process and Y-Tuning in another.
 
     python benchmarks/bench_study.py --encoder mpnet --methods lora,full --settings usual
-    python benchmarks/bench_study.py --encoder mpnet --methods ytuning --seeds 0,1,2
+    python benchmarks/bench_study.py --encoder mpnet --methods ytuning,layers --seeds 0,1,2
     python benchmarks/bench_study.py --encoder mpnet --methods variant,layers --seeds 0,1,2 --tasks cola
     python benchmarks/bench_study.py --table          # the table from what --results holds
 """
