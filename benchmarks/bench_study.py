@@ -289,9 +289,11 @@ def table(path: Path) -> str:
                 shares.setdefault((encoder, m), []).append(share)
             rows.append([encoder, NAMES[task], mine[0]["metric"], *(cell.get(m, "-") for m in (*HEADS, "lora", "full")),
                          *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in SHARES),
-                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("Y-Tuning (default)", "lora", "full"))])  # fmt: skip
+                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("Y-Tuning (last four)", "lora", "full"))])  # fmt: skip
     headers = ["encoder", "task", "metric", *HEADS, "LoRA r=8", "full FT", *(f"{m} % of full" for m in SHARES[:3]),
                "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
+    # Y's seconds: the last-four pass (the head and the probe on 4 cached layers), a pass as a user
+    # runs it; the layers passes read every hidden state for 4-5 heads.
     out = markdown_table(headers, rows) + "\n"
     for (encoder, method), got in sorted(shares.items()):
         out += f"\n{encoder} {method}: {statistics.mean(got):.1f}% of full fine-tuning on average over {len(got)} tasks"
