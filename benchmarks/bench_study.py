@@ -136,8 +136,9 @@ def run_layers(encoder: str, task: str, seeds: list[int], a: argparse.Namespace,
     run_pass(encoder, task, seeds, heads, a, done, cached=tuple(range(n + 1)))
 
 
-def task_cache(encoder: str, task: str, a: argparse.Namespace, cached: tuple[int, ...] = LAYERS):
-    """The task's rows and their cache of the `cached` hidden states (extracted once, then found)."""
+def task_cache(encoder: str, task: str, a: argparse.Namespace, cached: tuple[int, ...] | None = LAYERS):
+    """The task's rows and their cache of the `cached` hidden states (None: ytune's default ones),
+    extracted once, then found."""
     data = glue_subset(task, TASKS[task], a.glue)
     cfg = ExtractConfig(model=ENCODERS[encoder], layers=cached, cache_dir=a.cache_dir, progress=False)
     return data, extract(data, cfg)
@@ -146,11 +147,13 @@ def task_cache(encoder: str, task: str, a: argparse.Namespace, cached: tuple[int
 def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
     """Y-Tuning as the issue defines it once sweeps exist: the winner of GRID (12 heads, one pass),
     its best epoch and the winner chosen on a held-out slice of the training rows, scored on
-    validation once. One record per seed: the winner and its validation score."""
+    validation once, on the default hidden states. One record per seed: the winner and its
+    validation score. (Setting "grid-last4": a sweep on the last four, before they stopped being
+    the default.)"""
     todo = [s for s in seeds if (encoder, task, "sweep", "grid", s) not in done]
     if not todo:
         return
-    data, ex = task_cache(encoder, task, a)
+    data, ex = task_cache(encoder, task, a, cached=None)  # ytune's default hidden states
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -251,7 +254,7 @@ def run_baseline(
 HEADS = {
     "Y-Tuning (default)": ("layers", "default"),  # ytune's defaults, the hidden states included
     "Y-Tuning (last four)": ("ytuning", "default"),  # the default until RESULTS.md 5f
-    "Y-Tuning (swept)": ("sweep", "grid"),
+    "Y-Tuning (swept)": ("sweep", "grid"),  # on the default hidden states
     "probe": ("probe", "default"),
 }
 SHARES = ("Y-Tuning (default)", "Y-Tuning (last four)", "Y-Tuning (swept)", "lora")  # % of full FT
