@@ -148,8 +148,8 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
     """Y-Tuning as the issue defines it once sweeps exist: the winner of GRID (12 heads, one pass),
     its best epoch and the winner chosen on a held-out slice of the training rows, scored on
     validation once, on the default hidden states. One record per seed: the winner and its
-    validation score. (Setting "grid-last4": a sweep on the last four, before they stopped being
-    the default.)"""
+    validation score. (Settings "grid-last4-on-validation" and "grid-on-validation": sweeps that
+    chose on validation by mistake, kept as the optimistic bound; not the swept column.)"""
     todo = [s for s in seeds if (encoder, task, "sweep", "grid", s) not in done]
     if not todo:
         return
@@ -157,7 +157,7 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False)
+            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False, select_on="holdout")
             won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out), log=print)
             report = json.loads((Path(out) / "sweep.json").read_text())
             m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())
