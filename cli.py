@@ -252,9 +252,8 @@ def train_config(args: argparse.Namespace):
     from ytune.train.trainer import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "train_split", "eval_split", "device",
-            "workers", "threads")  # fmt: skip
-    select = getattr(args, "select_on", None) or ("holdout" if getattr(args, "sweep", None) else "validation")
-    return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)}, select_on=select)
+            "workers", "threads", "select_on")  # fmt: skip
+    return TrainConfig(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
 def print_metrics(results: dict[str, dict]) -> None:

@@ -157,7 +157,7 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False, select_on="holdout")
+            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False)
             won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out), log=print)
             report = json.loads((Path(out) / "sweep.json").read_text())
             m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())

@@ -119,7 +119,7 @@ def test_stacked_heads_train_as_they_would_one_at_a_time(sst2, tmp_path):
 def test_a_sweep_of_two_shapes_reports_every_head_and_names_an_honest_winner(sst2, tmp_path):
     grid = parse_grid(["width=32,64", "lr=1e-3,3e-3"])
     base = [HeadSpec("ytuning", config={"heads": 2, "dropout": 0.0})]
-    winner = sweep(sst2, base, grid, quick(select_on="holdout"), tmp_path, log=lambda m: None)
+    winner = sweep(sst2, base, grid, quick(), tmp_path, log=lambda m: None)  # holdout by default
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["selected_on"] == "holdout" and report["metric"] == "accuracy"
     assert [h["name"] for h in report["heads"]] == ["width=32,lr=1e-3", "width=32,lr=3e-3", "width=64,lr=1e-3",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ytune.errors import UserError
 from ytune.train.config import SETTINGS, HeadSpec
-from ytune.train.trainer import TrainConfig, train
+from ytune.train.trainer import HOLDOUT, TrainConfig, train
 
 SWEEP_FILE = "sweep.json"
 
@@ -123,6 +123,7 @@ def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, S
           out: str | Path, resume: bool = False, log=print) -> dict:  # fmt: skip
     """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics."""
     out = Path(out)
+    cfg = dataclasses.replace(cfg, select_on=cfg.select_on or HOLDOUT)
     grown = expand(base, grid)
     start = time.perf_counter()
     results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume, log=log)

@@ -57,8 +57,10 @@ class TrainConfig:
     eval_split: str = "validation"
     # Where each head's best epoch is chosen: "validation" (the evaluation split, GLUE-dev style), or
     # "holdout": a seeded slice of the training split that no head trains on (see holdout_rows); the
-    # evaluation split is then read once, at the end, for the chosen checkpoints.
-    select_on: str = "validation"
+    # evaluation split is then read once, at the end, for the chosen checkpoints. None: holdout for a
+    # sweep (whose winner is chosen there too: a dozen heads would flatter a small validation
+    # split), validation otherwise.
+    select_on: str | None = None
     device: str | None = None
     workers: int = 0  # DataLoader worker processes reading the cache; 0: a prefetch thread
     # Torch threads on CPU. Heads are small: a second thread gained 15% on an idle 2-core machine
@@ -68,7 +70,7 @@ class TrainConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.select_on not in SELECT_ON:
+        if self.select_on is not None and self.select_on not in SELECT_ON:
             raise UserError(f"select_on must be one of {', '.join(SELECT_ON)}, not {self.select_on!r}.")
 
 
