@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import GLUE  # noqa: E402
+from killed_job import kill_when  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
 
 from ytune.cache.reader import open_cache
@@ -157,25 +156,17 @@ def test_a_killed_extraction_resumes_bit_identical(tmp_path):
     )
     assert ref.returncode == 0, ref.stderr
     ref_path = Path(ref.stdout.strip().splitlines()[-1])
-    job = subprocess.Popen(
-        [*CLI, *args, "--cache-dir", str(tmp_path / "job")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     manifest = tmp_path / "job" / ref_path.name / "manifest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it once some, not all, shards are committed
-        shards = (
+
+    def committed() -> dict:
+        return (
             json.loads(manifest.read_text())["splits"].get("validation", {}).get("shards", {})
             if manifest.exists()
             else {}
         )
-        if len(shards) >= 2:
-            break
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+
+    # Killed once some, not all, shards are committed.
+    kill_when([*CLI, *args, "--cache-dir", str(tmp_path / "job")], lambda: len(committed()) >= 2, env=env)
     partial = json.loads(manifest.read_text())["splits"]["validation"]
     assert 2 <= len(partial["shards"]) < partial["num_shards"]
     again = subprocess.run(

@@ -21,8 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import cache_job  # noqa: E402
 from conftest import GLUE  # noqa: E402  ($YTUNE_GLUE_DIR, else the shared data)
+from killed_job import kill_when  # noqa: E402
 
 pytestmark = pytest.mark.reliability
 
@@ -328,20 +329,11 @@ def test_a_real_extract_killed_twice_at_timed_points_resumes_bit_identical(tmp_p
             return None
         return len(split["shards"]), split["num_shards"]
 
+    def at_least(shards: int) -> Callable[[], bool]:
+        return lambda: (committed() or (-1, 0))[0] >= shards
+
     for enough in (0, 3):
-        job = subprocess.Popen(
-            [*CLI, *extract_args(root)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.time() + 120
-            while time.time() < deadline and job.poll() is None:
-                state = committed()
-                if state is not None and state[0] >= enough:
-                    break
-                time.sleep(0.005)
-        finally:
-            job.send_signal(signal.SIGKILL)
-            job.wait()
+        job = kill_when([*CLI, *extract_args(root)], at_least(enough), env=ENV)
         assert job.returncode == -signal.SIGKILL
         done, planned = committed()
         assert enough <= done < planned  # killed part way

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from train_job import kill_then_resume
+from killed_job import kill_then_resume
 
 from ytune.cache.reader import open_cache
 from ytune.errors import UserError

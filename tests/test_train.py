@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from killed_job import kill_then_resume
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_job import kill_then_resume
 
 from ytune.cache.reader import open_cache
 from ytune.errors import UserError
