@@ -262,9 +262,17 @@ HEADS = {
 SHARES = ("Y-Tuning (default)", "Y-Tuning (last four)", "Y-Tuning (swept)", "lora")  # % of full FT
 
 
+def seeds_summary(got: list[dict]) -> tuple[float, str, float]:
+    """Median headline over seeds (a diverged run's NaN counts as the worst), its cell text with
+    min-max, and the median seconds per epoch."""
+    x = sorted(r["headline"] if math.isfinite(r["headline"]) else -math.inf for r in got)
+    spread = f"{x[0]:.4f}-{x[-1]:.4f}, {len(x)} seeds"
+    return statistics.median(x), spread, statistics.median(r["s_per_epoch"] for r in got)
+
+
 def table(path: Path) -> str:
-    """Per encoder and task: each method's headline (Y-Tuning and the probe: median of seeds with
-    min-max; baselines: the better setting), Y-Tuning's and LoRA's % of full fine-tuning, s/epoch."""
+    """Per encoder and task: each method's headline (median of seeds with min-max; baselines: the
+    setting with the better median), Y-Tuning's and LoRA's % of full fine-tuning, s/epoch."""
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows, shares, above, cheaper = [], {}, {}, {}
     for encoder in ENCODERS:
@@ -276,18 +284,18 @@ def table(path: Path) -> str:
             for name, (method, setting) in HEADS.items():
                 got = [r for r in mine if (r["method"], r["setting"]) == (method, setting)]
                 if got:
-                    x = sorted(r["headline"] for r in got)
-                    score[name] = statistics.median(x)
-                    cell[name] = f"{score[name]:.4f} ({x[0]:.4f}-{x[-1]:.4f}, {len(x)} seeds)"
-                    cost[name] = statistics.median(r["s_per_epoch"] for r in got)
+                    score[name], spread, cost[name] = seeds_summary(got)
+                    cell[name] = f"{score[name]:.4f} ({spread})"
             for method in SETTINGS:
-                got = [r for r in mine if r["method"] == method]
-                if got:
-                    best = max(
-                        got, key=lambda r: r["headline"] if math.isfinite(r["headline"]) else -math.inf
-                    )
-                    score[method], cost[method] = best["headline"], best["s_per_epoch"]
-                    cell[method] = f"{best['headline']:.4f} (lr {best['lr']:g})"
+                by_setting = {}
+                for r in mine:
+                    if r["method"] == method:
+                        by_setting.setdefault(r["setting"], []).append(r)
+                if by_setting:
+                    got = max(by_setting.values(), key=lambda g: seeds_summary(g)[0])
+                    score[method], spread, cost[method] = seeds_summary(got)
+                    more = f", {spread}" if len(got) > 1 else ""
+                    cell[method] = f"{score[method]:.4f} (lr {got[0]['lr']:g}{more})"
             full = score.get("full")
             of_full = {m: 100 * score[m] / full for m in SHARES if full and m in score}
             for m, share in of_full.items():
