@@ -280,19 +280,17 @@ def table(path: Path) -> str:
             mine = [r for r in runs if r["encoder"] == encoder and r["task"] == task]
             if not mine:
                 continue
+            runs_of: dict[tuple[str, str], list[dict]] = {}  # (method, setting) -> its seeds' runs
+            for r in mine:
+                runs_of.setdefault((r["method"], r["setting"]), []).append(r)
             cell, score, cost = {}, {}, {}
-            for name, (method, setting) in HEADS.items():
-                got = [r for r in mine if (r["method"], r["setting"]) == (method, setting)]
-                if got:
+            for name, key in HEADS.items():
+                if got := runs_of.get(key):
                     score[name], spread, cost[name] = seeds_summary(got)
                     cell[name] = f"{score[name]:.4f} ({spread})"
             for method in SETTINGS:
-                by_setting = {}
-                for r in mine:
-                    if r["method"] == method:
-                        by_setting.setdefault(r["setting"], []).append(r)
-                if by_setting:
-                    got = max(by_setting.values(), key=lambda g: seeds_summary(g)[0])
+                if tried := [got for (m, _), got in runs_of.items() if m == method]:
+                    got = max(tried, key=lambda g: seeds_summary(g)[0])
                     score[method], spread, cost[method] = seeds_summary(got)
                     more = f", {spread}" if len(got) > 1 else ""
                     cell[method] = f"{score[method]:.4f} (lr {got[0]['lr']:g}{more})"
