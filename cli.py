@@ -236,7 +236,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def head_specs(args: argparse.Namespace) -> list:
     """The heads to train: the one the flags describe, or one per --head, each starting from the flags."""
-    from ytune.train.sweep import parse_pairs, with_settings
+    from ytune.train.config import parse_pairs, with_settings
 
     layers = [i for group in args.layers for i in group] if args.layers else None
     config = {f.name: getattr(args, f.name) for f in CONFIG_FLAGS if getattr(args, f.name) is not None}
@@ -249,7 +249,7 @@ def head_specs(args: argparse.Namespace) -> list:
 
 
 def train_config(args: argparse.Namespace):
-    from ytune.train.trainer import TrainConfig
+    from ytune.train.config import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "train_split", "eval_split", "device",
             "workers", "threads", "select_on")  # fmt: skip
@@ -264,7 +264,8 @@ def print_metrics(results: dict[str, dict]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from ytune.cache import store
-    from ytune.train.sweep import parse_grid, sweep
+    from ytune.train.config import parse_grid
+    from ytune.train.sweep import sweep
     from ytune.train.trainer import train
 
     path = store.resolve(args.cache, args.cache_dir)

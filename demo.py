@@ -11,10 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, load_glue, train
 from ytune.cache.store import summary
-from ytune.extract.data import load_glue
-from ytune.extract.pipeline import ExtractConfig, extract
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 
 def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train_rows: int | None = 20000,

@@ -59,14 +59,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, write_json  # noqa: E402
 
+from ytune import (  # noqa: E402
+    ExtractConfig,
+    extract,
+    load_glue,  # noqa: E402
+)
 from ytune.cache import writer as writer_mod  # noqa: E402
-from ytune.cache.format import numpy_dtype  # noqa: E402
+from ytune.cache.format import (
+    DEFAULT_SHARD_BYTES,
+    numpy_dtype,  # noqa: E402
+)
 from ytune.cache.manifest import read_manifest  # noqa: E402
-from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, plan_shards  # noqa: E402
+from ytune.cache.writer import CacheWriter, plan_shards  # noqa: E402
 from ytune.extract import pipeline  # noqa: E402
-from ytune.extract.data import SplitData, TextDataset, load_glue  # noqa: E402
+from ytune.extract.data import SplitData, TextDataset  # noqa: E402
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate  # noqa: E402
-from ytune.extract.pipeline import ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
+from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
 GLUE_DIR = "/work/shared/data/glue"
 MAX_LENGTH = 128  # ExtractConfig's default, and the naive contender's padding length

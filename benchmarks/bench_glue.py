@@ -26,11 +26,9 @@ from pathlib import Path
 
 from common import environment, glue_subset, markdown_table, write_json
 
-from ytune.cache.reader import open_cache
-from ytune.extract.pipeline import ExtractConfig, extract
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, open_cache, sweep, train
+from ytune.train.config import parse_grid
 from ytune.train.metrics import majority_baseline
-from ytune.train.sweep import parse_grid, sweep
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 LAYERS = (-4, -3, -2, -1)
 PROBE = HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)  # the probe at its best rate (RESULTS 5a)

@@ -46,10 +46,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, glue_subset, markdown_table  # noqa: E402
 
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, train  # noqa: E402  # noqa: E402
 from ytune.cache.writer import plan_shards  # noqa: E402
 from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
-from ytune.extract.pipeline import ExtractConfig, batches, extract, pad, tokenize  # noqa: E402
-from ytune.train.trainer import HeadSpec, TrainConfig, train  # noqa: E402
+from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
 XXL = dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, intermediate_size=6144, vocab_size=128100,
            position_buckets=256)  # fmt: skip
@@ -188,10 +188,10 @@ def cpu_xxl(glue: str, tmp: Path) -> dict:
 # One XXL extraction, as `ytune extract --weights-dtype bfloat16` runs it, reporting what it did.
 _CHILD = """
 import json, resource, sys, time
-from ytune.cache.reader import open_cache
-from ytune.extract.data import load_glue
+from ytune import open_cache
+from ytune import load_glue
 from ytune.extract.encoder import load_encoder
-from ytune.extract.pipeline import ExtractConfig, extract
+from ytune import ExtractConfig, extract
 folder, glue, layers, cache = sys.argv[1:]
 encoder = load_encoder(folder, "cpu", "bfloat16")
 start = time.perf_counter()

@@ -34,8 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_cache(rows: int, glue: str, root: str) -> Path:
-    from ytune.extract.data import load_glue
-    from ytune.extract.pipeline import ExtractConfig, extract
+    from ytune import ExtractConfig, extract, load_glue
 
     data = load_glue("sst2", ["train", "validation"], glue, limit=rows)
     return extract(data, ExtractConfig(layers=(-4, -3, -2, -1), cache_dir=root, progress=False)).path
@@ -44,8 +43,8 @@ def build_cache(rows: int, glue: str, root: str) -> Path:
 def child(cache: str, k: int, out: str) -> None:
     """One measurement, in this process: K default heads (learning rates apart) for one epoch; K = 0
     is the stream alone. Prints {"seconds", "rss_mb"}."""
-    from ytune.cache.reader import open_cache
-    from ytune.train.trainer import HeadSpec, TrainConfig, batches, default_label, train
+    from ytune import HeadSpec, TrainConfig, open_cache, train
+    from ytune.train.trainer import batches, default_label
 
     cfg = TrainConfig(epochs=1)
     if k == 0:

@@ -41,10 +41,13 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, timed, write_json  # noqa: E402
 
-from ytune.cache.format import encode  # noqa: E402
+from ytune import open_cache  # noqa: E402
+from ytune.cache.format import (
+    DEFAULT_SHARD_BYTES,
+    encode,  # noqa: E402
+)
 from ytune.cache.identity import Identity  # noqa: E402
-from ytune.cache.reader import open_cache  # noqa: E402
-from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter  # noqa: E402
+from ytune.cache.writer import CacheWriter  # noqa: E402
 
 HIDDEN, LAYERS, DTYPE = 384, (6, 12), "float16"
 MIN_LEN, MAX_LEN = 8, 64

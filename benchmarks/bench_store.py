@@ -26,9 +26,9 @@ from pathlib import Path
 
 from common import environment, write_json
 
+from ytune import HeadSpec, TrainConfig, train
 from ytune.cache import store
 from ytune.cache.remote import set_storage_options
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 
 def free_port() -> int:

@@ -40,10 +40,8 @@ from bench_train import Baseline
 from common import environment, glue_subset, markdown_table
 from transformers import AutoConfig
 
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, sweep, train
 from ytune.extract.encoder import default_layers, resolve_model
-from ytune.extract.pipeline import ExtractConfig, extract
-from ytune.train.sweep import sweep
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 ENCODERS = {"minilm": None, "mpnet": str(Path.home() / ".cache/ytune-models/all-mpnet-base-v2")}

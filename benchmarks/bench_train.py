@@ -63,13 +63,13 @@ import torch.nn.functional as F
 from common import environment, glue_subset, markdown_table, write_json
 from torch import nn
 
+from ytune import ExtractConfig, ExtractResult, HeadSpec, TrainConfig, extract, train
 from ytune.cache.reader import BUCKET
 from ytune.extract.data import GLUE_TASKS, TextDataset
 from ytune.extract.encoder import resolve_model
-from ytune.extract.pipeline import TRUNCATION, ExtractConfig, ExtractResult, Tokenized, extract, pad, tokenize
+from ytune.extract.pipeline import TRUNCATION, Tokenized, pad, tokenize
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 BATCH = 32
 MAX_LENGTH = ExtractConfig().max_length

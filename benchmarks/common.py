@@ -68,7 +68,7 @@ def write_json(path: str | Path | None, obj: Any) -> None:
 def glue_subset(task: str, rows: int | None, glue: str):
     """The first `rows` training rows of a GLUE task (all when None) and its whole validation split:
     the fixed subset every contender of a benchmark sees."""
-    from ytune.extract.data import load_glue
+    from ytune import load_glue
 
     data = load_glue(task, ["train", "validation"], glue, limit=rows)
     data.splits["validation"] = load_glue(task, ["validation"], glue).splits["validation"]

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ytune.errors import UserError
 
-if TYPE_CHECKING:  # imported where used: listing caches does not need it (the CLI starts fast)
+if TYPE_CHECKING:  # imported where used: the CLI builds its flags from this module and starts fast
+    import numpy as np
     import torch
 
 FORMAT_VERSION = 1
+DEFAULT_SHARD_BYTES = 128 << 20
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the one process allowed to write the cache
 MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ranks of one job share it)
@@ -69,6 +69,7 @@ def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndar
 
 def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
     """The stored array -> a torch tensor in the cache's dtype, bit for bit (no copy)."""
+    import numpy as np
     import torch
 
     tensor = torch.from_numpy(np.ascontiguousarray(stored))
@@ -76,4 +77,6 @@ def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
+    import numpy as np
+
     return np.dtype(np.uint16 if dtype == "bfloat16" else np.float16)

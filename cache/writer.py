@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ytune.cache.backends import ShardSink, checksum, fsync_tree, get_backend, is_whole, size_on_disk
-from ytune.cache.format import LOCK, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
+from ytune.cache.format import DEFAULT_SHARD_BYTES, LOCK, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
     LabelRecord,
@@ -38,8 +38,6 @@ from ytune.cache.manifest import (
     write_manifest,
 )
 from ytune.errors import UserError
-
-DEFAULT_SHARD_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url
-from ytune.cache.writer import DEFAULT_SHARD_BYTES, CacheWriter, ShardPlan
+from ytune.cache.writer import CacheWriter, ShardPlan
 from ytune.device import autocast as autocast_to
 from ytune.device import batch_tokens
 from ytune.errors import UserError
+from ytune.extract.config import ExtractConfig
 from ytune.extract.data import SplitData, TextDataset, load_hf, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
 
@@ -40,26 +41,6 @@ TRUNCATION = "longest_first"
 # A CPU batch under this many padded tokens runs on one thread: it gains nothing from a second one
 # when the cores are free, and waits on every op for a core another job keeps busy (RESULTS.md 1).
 SMALL_BATCH_TOKENS = 256
-
-
-@dataclass
-class ExtractConfig:
-    model: str | None = None  # hub id or folder; None: the bundled all-MiniLM-L6-v2
-    weights_dtype: str | None = None  # load the encoder's weights as "bfloat16" or "float16"; None: as saved
-    # hidden-state indices, transformers' numbering, negatives from the end; None: at most four from
-    # the middle third of the depth (encoder.default_layers), which the heads' defaults were measured on
-    layers: Sequence[int] | None = None
-    max_length: int = 128
-    dtype: str = "float16"  # storage: "float16" | "bfloat16"
-    backend: str = "zarr"  # "zarr" | "hdf5"
-    cache_dir: str | Path | None = (
-        None  # root of caches (or an fsspec URL); default $YTUNE_CACHE or ~/.cache/ytune
-    )
-    batch_tokens: int | None = None  # padded tokens per encoder call; default 4096 on CPU, 32768 on GPU
-    shard_bytes: int = DEFAULT_SHARD_BYTES
-    device: str | None = None  # default: cuda if available
-    autocast: str = "bf16"  # on CUDA: "bf16" | "fp16" | "none"; CPU always runs float32
-    progress: bool | None = None  # None: a bar when stderr is a terminal
 
 
 @dataclass

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ytune.extract.data import load_glue
+from ytune import ExtractConfig, extract, load_glue
 from ytune.extract.encoder import load_encoder
-from ytune.extract.pipeline import ExtractConfig, extract
 
 sys.path.insert(0, str(Path(__file__).parent))  # test modules import helpers (cache_job, GLUE) by name
 

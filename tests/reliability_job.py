@@ -38,8 +38,8 @@ os.fsync = lambda fd: None
 sys.path.insert(0, str(Path(__file__).parent))
 import cache_job  # noqa: E402
 
+from ytune import UserError  # noqa: E402
 from ytune.cache import store  # noqa: E402
-from ytune.errors import UserError  # noqa: E402
 
 
 def die() -> None:

@@ -13,12 +13,11 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
+from ytune import UserError, open_cache
 from ytune.cache import backends, store
 from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX, encode
 from ytune.cache.identity import Identity
-from ytune.cache.reader import open_cache
 from ytune.cache.writer import CacheWriter, plan_shards
-from ytune.errors import UserError
 
 BACKENDS = ["zarr", "hdf5"]
 JOB = Path(__file__).with_name("cache_job.py")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import GLUE as GLUE_DIR  # noqa: E402
 
-from ytune.errors import UserError
+from ytune import UserError
 from ytune.extract.data import (
     GLUE_TASKS,
     SplitData,

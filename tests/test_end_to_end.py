@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ytune.cache.reader import open_cache
+from ytune import HeadSpec, Predictor, TrainConfig, UserError, load_glue, open_cache, train
 from ytune.cache.writer import CacheWriter
-from ytune.errors import UserError
-from ytune.extract.data import load_glue
-from ytune.predict import Predictor
 from ytune.train.checkpoint import load_head
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 

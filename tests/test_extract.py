@@ -12,11 +12,9 @@ from conftest import GLUE  # noqa: E402
 from killed_job import kill_when  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
 
-from ytune.cache.reader import open_cache
+from ytune import ExtractConfig, extract, load_glue, open_cache
 from ytune.cache.store import verify
-from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder, resolve_layers, resolve_model
-from ytune.extract.pipeline import ExtractConfig, extract
 
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
 CLI = [sys.executable, "-m", "ytune.cli"]

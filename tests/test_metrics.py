@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ytune.errors import UserError
+from ytune import UserError
 from ytune.train.metrics import compute_metrics, majority_baseline, majority_class
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from ytune.errors import UserError
+from ytune import UserError
 from ytune.train.model import (
     HeadBank,
     HeadConfig,

@@ -32,19 +32,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ytune import cli
+from ytune import ExtractConfig, HeadSpec, TrainConfig, UserError, cli, extract, load_glue, open_cache, train
 from ytune.cache import manifest as manifest_module
 from ytune.cache import store
 from ytune.cache.backends import get_backend
 from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX
-from ytune.cache.reader import open_cache
 from ytune.cache.writer import CacheWriter, plan_shards
-from ytune.errors import UserError
 from ytune.extract import pipeline
-from ytune.extract.data import load_glue
 from ytune.extract.encoder import load_encoder
-from ytune.extract.pipeline import ExtractConfig, extract
-from ytune.train.trainer import HeadSpec, TrainConfig, train
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

@@ -19,12 +19,17 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+from ytune import (  # noqa: E402  # noqa: E402
+    ExtractConfig,
+    HeadSpec,
+    TrainConfig,
+    extract,
+    load_glue,  # noqa: E402
+    open_cache,  # noqa: E402
+    train,
+)
 from ytune.cache.backends import size_on_disk  # noqa: E402
-from ytune.cache.reader import open_cache  # noqa: E402
 from ytune.cache.remote import set_storage_options  # noqa: E402
-from ytune.extract.data import load_glue  # noqa: E402
-from ytune.extract.pipeline import ExtractConfig, extract  # noqa: E402
-from ytune.train.trainer import HeadSpec, TrainConfig, train  # noqa: E402
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 CREDENTIALS = {

@@ -9,11 +9,11 @@ import pytest
 import torch
 from killed_job import kill_then_resume
 
-from ytune.cache.reader import open_cache
-from ytune.errors import UserError
+from ytune import HeadSpec, TrainConfig, UserError, open_cache, sweep, train
 from ytune.train.checkpoint import load_head
-from ytune.train.sweep import SETTINGS, expand, parse_grid, parse_layers, sweep
-from ytune.train.trainer import HeadSpec, TrainConfig, batches, holdout_rows, train
+from ytune.train.config import SETTINGS, parse_grid, parse_layers
+from ytune.train.sweep import expand
+from ytune.train.trainer import batches, holdout_rows
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 SMALL = {"width": 32, "heads": 2, "dropout": 0.0}

@@ -11,12 +11,19 @@ from killed_job import kill_then_resume
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ytune.cache.reader import open_cache
-from ytune.errors import UserError
-from ytune.extract.data import load_glue
-from ytune.extract.pipeline import ExtractConfig, extract
+from ytune import (
+    ExtractConfig,
+    HeadSpec,
+    TrainConfig,
+    UserError,
+    evaluate,
+    extract,
+    load_glue,
+    open_cache,
+    train,
+)
 from ytune.train.checkpoint import load_head
-from ytune.train.trainer import HeadSpec, TrainConfig, default_epochs, evaluate, train
+from ytune.train.trainer import default_epochs
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 

@@ -156,3 +156,117 @@ def _setting_types() -> dict[str, type]:
 SETTINGS = _setting_types()
 # The HeadConfig fields the `train` command offers as flags (--width, --label-init, ...).
 CONFIG_FLAGS = [f for f in dataclasses.fields(HeadConfig) if "help" in f.metadata]
+
+
+SELECT_ON = ("validation", "holdout")
+HOLDOUT = "holdout"  # the name the held-out slice's metrics go by in logs and metrics.json
+
+
+@dataclass
+class TrainConfig:
+    # None: by the training set's size (default_epochs). The best epoch is kept: more epochs cost
+    # time, never accuracy.
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float | None = None  # None: the head kind's measured default (model.KIND_DEFAULTS)
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # share of the steps spent warming up
+    clip: float = 1.0
+    seed: int = 0
+    patience: int = 0  # epochs without improvement before a head stops; 0: never
+    train_split: str = "train"
+    eval_split: str = "validation"
+    # Where each head's best epoch is chosen: "validation" (the evaluation split, GLUE-dev style), or
+    # "holdout": a seeded slice of the training split that no head trains on (see holdout_rows); the
+    # evaluation split is then read once, at the end, for the chosen checkpoints. None: holdout for a
+    # sweep (whose winner is chosen there too: a dozen heads would flatter a small validation
+    # split), validation otherwise.
+    select_on: str | None = None
+    device: str | None = None
+    workers: int = 0  # DataLoader worker processes reading the cache; 0: a prefetch thread
+    # Torch threads on CPU. Heads are small: a second thread gained 15% on an idle 2-core machine
+    # but cost 30x when the cores were busy (every tiny op waits for a free core), so 1 by default.
+    threads: int = 1
+    buffer_size: int = 4096  # shuffle buffer, in examples
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.select_on is not None and self.select_on not in SELECT_ON:
+            raise UserError(f"select_on must be one of {', '.join(SELECT_ON)}, not {self.select_on!r}.")
+
+
+def parse_layers(text: str) -> list[int]:
+    """Hidden states: `-1`; a range `-4:-1` (both ends included); a list `0+3+6`."""
+    out: list[int] = []
+    try:
+        for part in text.split("+"):
+            a, colon, b = part.partition(":")
+            first, last = int(a), int(b) if colon else int(a)
+            if (first < 0) != (last < 0) or first > last:
+                raise ValueError
+            out += range(first, last + 1)
+    except ValueError:
+        raise UserError(f"layers {text!r}: write one index (-1), a range with both ends of one sign (-4:-1), "
+                        "or indices joined by + (0+3+6).") from None  # fmt: skip
+    return out
+
+
+def parse_value(key: str, text: str):
+    """One head setting's value, typed; one sentence if it is not a setting or not a value of it."""
+    if key not in SETTINGS:
+        raise UserError(f"unknown head setting {key!r}; settings are: {', '.join(sorted(SETTINGS))}.")
+    kind = SETTINGS[key]
+    if kind is list:
+        return parse_layers(text)
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(
+            f"head setting {key}={text!r} is not {'a number' if kind is float else 'an integer'}."
+        ) from None
+
+
+def with_settings(spec: HeadSpec, settings: Mapping[str, str], name: str | None = None) -> HeadSpec:
+    """`spec` with settings (as typed on the command line) applied over it."""
+    fields = {f.name for f in dataclasses.fields(HeadSpec)}
+    top, config = {}, dict(spec.config)
+    for key, text in settings.items():
+        value = parse_value(key, text)
+        if key in fields:
+            top[key] = value
+        else:
+            config[key] = value
+    return dataclasses.replace(spec, **top, config=config, **({"name": name} if name else {}))
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """`KEY=VALUE,KEY=VALUE` (a --head) -> {key: value text}."""
+    pairs = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not value:
+            raise UserError(
+                f"--head takes KEY=VALUE pairs with keys {', '.join(sorted(SETTINGS))}; got {item!r}."
+            )
+        pairs[key] = value
+    return pairs
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """`--sweep KEY=V1,V2,...` (repeatable) -> {key: [value texts]}, each value checked now."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        texts = [v for v in values.split(",") if v]
+        if not eq or not texts:
+            raise UserError(f"--sweep takes KEY=V1,V2,...; got {item!r}.")
+        if key == "name":
+            raise UserError("--sweep cannot sweep names: each head is named after its settings.")
+        if key in grid:
+            raise UserError(f"--sweep {key} is given twice; list all its values in one --sweep.")
+        for text in texts:
+            parse_value(key, text)
+        if len(set(texts)) != len(texts):
+            raise UserError(f"--sweep {key} lists a value twice: {values}.")
+        grid[key] = texts
+    return grid

@@ -22,87 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ytune.errors import UserError
-from ytune.train.config import SETTINGS, HeadSpec
-from ytune.train.trainer import HOLDOUT, TrainConfig, train
+from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig, with_settings
+from ytune.train.trainer import train
 
 SWEEP_FILE = "sweep.json"
-
-
-def parse_layers(text: str) -> list[int]:
-    """Hidden states: `-1`; a range `-4:-1` (both ends included); a list `0+3+6`."""
-    out: list[int] = []
-    try:
-        for part in text.split("+"):
-            a, colon, b = part.partition(":")
-            first, last = int(a), int(b) if colon else int(a)
-            if (first < 0) != (last < 0) or first > last:
-                raise ValueError
-            out += range(first, last + 1)
-    except ValueError:
-        raise UserError(f"layers {text!r}: write one index (-1), a range with both ends of one sign (-4:-1), "
-                        "or indices joined by + (0+3+6).") from None  # fmt: skip
-    return out
-
-
-def parse_value(key: str, text: str):
-    """One head setting's value, typed; one sentence if it is not a setting or not a value of it."""
-    if key not in SETTINGS:
-        raise UserError(f"unknown head setting {key!r}; settings are: {', '.join(sorted(SETTINGS))}.")
-    kind = SETTINGS[key]
-    if kind is list:
-        return parse_layers(text)
-    try:
-        return kind(text)
-    except ValueError:
-        raise UserError(
-            f"head setting {key}={text!r} is not {'a number' if kind is float else 'an integer'}."
-        ) from None
-
-
-def with_settings(spec: HeadSpec, settings: Mapping[str, str], name: str | None = None) -> HeadSpec:
-    """`spec` with settings (as typed on the command line) applied over it."""
-    fields = {f.name for f in dataclasses.fields(HeadSpec)}
-    top, config = {}, dict(spec.config)
-    for key, text in settings.items():
-        value = parse_value(key, text)
-        if key in fields:
-            top[key] = value
-        else:
-            config[key] = value
-    return dataclasses.replace(spec, **top, config=config, **({"name": name} if name else {}))
-
-
-def parse_pairs(text: str) -> dict[str, str]:
-    """`KEY=VALUE,KEY=VALUE` (a --head) -> {key: value text}."""
-    pairs = {}
-    for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not value:
-            raise UserError(
-                f"--head takes KEY=VALUE pairs with keys {', '.join(sorted(SETTINGS))}; got {item!r}."
-            )
-        pairs[key] = value
-    return pairs
-
-
-def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
-    """`--sweep KEY=V1,V2,...` (repeatable) -> {key: [value texts]}, each value checked now."""
-    grid: dict[str, list[str]] = {}
-    for item in items:
-        key, eq, values = item.partition("=")
-        texts = [v for v in values.split(",") if v]
-        if not eq or not texts:
-            raise UserError(f"--sweep takes KEY=V1,V2,...; got {item!r}.")
-        if key == "name":
-            raise UserError("--sweep cannot sweep names: each head is named after its settings.")
-        if key in grid:
-            raise UserError(f"--sweep {key} is given twice; list all its values in one --sweep.")
-        for text in texts:
-            parse_value(key, text)
-        if len(set(texts)) != len(texts):
-            raise UserError(f"--sweep {key} lists a value twice: {values}.")
-        grid[key] = texts
-    return grid
 
 
 def expand(base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]]) -> list[tuple[HeadSpec, dict]]:

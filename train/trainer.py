@@ -33,7 +33,7 @@ from ytune.cache.reader import Batch, Cache, LabelColumn, SplitReader, open_cach
 from ytune.device import autocast, pick_device
 from ytune.errors import UserError
 from ytune.train.checkpoint import HeadInfo, load_head, save_head
-from ytune.train.config import HeadSpec
+from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import KIND_DEFAULTS, HeadBank, HeadConfig, build_head, count_parameters, head_state
 from ytune.train.optim import StackedAdamW
@@ -41,40 +41,6 @@ from ytune.train.optim import StackedAdamW
 STATE = "state.safetensors"  # tensors, and the rest as JSON in its header: loading runs no code
 
 
-@dataclass
-class TrainConfig:
-    # None: by the training set's size (default_epochs). The best epoch is kept: more epochs cost
-    # time, never accuracy.
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float | None = None  # None: the head kind's measured default (model.KIND_DEFAULTS)
-    weight_decay: float = 0.01
-    warmup: float = 0.06  # share of the steps spent warming up
-    clip: float = 1.0
-    seed: int = 0
-    patience: int = 0  # epochs without improvement before a head stops; 0: never
-    train_split: str = "train"
-    eval_split: str = "validation"
-    # Where each head's best epoch is chosen: "validation" (the evaluation split, GLUE-dev style), or
-    # "holdout": a seeded slice of the training split that no head trains on (see holdout_rows); the
-    # evaluation split is then read once, at the end, for the chosen checkpoints. None: holdout for a
-    # sweep (whose winner is chosen there too: a dozen heads would flatter a small validation
-    # split), validation otherwise.
-    select_on: str | None = None
-    device: str | None = None
-    workers: int = 0  # DataLoader worker processes reading the cache; 0: a prefetch thread
-    # Torch threads on CPU. Heads are small: a second thread gained 15% on an idle 2-core machine
-    # but cost 30x when the cores were busy (every tiny op waits for a free core), so 1 by default.
-    threads: int = 1
-    buffer_size: int = 4096  # shuffle buffer, in examples
-    progress: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.select_on is not None and self.select_on not in SELECT_ON:
-            raise UserError(f"select_on must be one of {', '.join(SELECT_ON)}, not {self.select_on!r}.")
-
-
-SELECT_ON = ("validation", "holdout")
 EXAMPLES = 60_000  # what a default run shows the heads, epochs permitting (default_epochs)
 
 
@@ -83,9 +49,6 @@ def default_epochs(rows: int) -> int:
     3 to 10. Measured with the default head: STS-B's 5,749 pairs reach Pearson 0.795 in 3 epochs and
     0.810 in 10; SST-2's 67,349 phrases peak within 3 (RESULTS.md 5a)."""
     return min(10, max(3, math.ceil(EXAMPLES / max(rows, 1))))
-
-
-HOLDOUT = "holdout"  # the name the held-out slice's metrics go by in logs and metrics.json
 
 
 def holdout_rows(rows: int, seed: int, share: float = 0.1, least: int = 300) -> np.ndarray:
