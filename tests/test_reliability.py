@@ -288,8 +288,14 @@ def kill_matrix(tmp_path_factory):
     return results
 
 
-def test_there_are_at_least_20_distinct_kill_points():
-    assert len(set(KILL_POINTS)) * len(BACKENDS) >= 20 and TOY_SHARDS >= 8
+def test_the_writer_really_died_at_20_distinct_points(kill_matrix):
+    killed = [
+        (b, p)
+        for b, results in kill_matrix.items()
+        for p, r in results.items()
+        if r["killed"] == -signal.SIGKILL
+    ]
+    assert len(set(killed)) >= 20 and TOY_SHARDS >= 8
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -615,12 +621,11 @@ def test_a_second_extract_on_the_same_cache_is_refused_and_the_first_ends_correc
 def test_a_refused_writer_lets_go_of_the_lock(toy):
     path = toy()
     identity = cache_job.identity("float16")
-    with pytest.raises(
-        UserError, match="zarr backend"
-    ) as refused:  # kept, as a notebook keeps its last error
+    with pytest.raises(UserError, match="zarr backend") as refused:
         CacheWriter(path.parent, identity, "hdf5")
+    # the error is kept alive (as a notebook keeps its last one), its traceback and all: the lock is free
     CacheWriter(path.parent, identity, "zarr").close()
-    assert refused.value is not None
+    assert "hdf5" in str(refused.value)
 
 
 def test_an_extraction_refused_at_planning_lets_go_of_the_lock(tmp_path, minilm, glue):
@@ -629,8 +634,8 @@ def test_an_extraction_refused_at_planning_lets_go_of_the_lock(tmp_path, minilm,
     extract(data, cfg, encoder=minilm)
     with pytest.raises(UserError, match="another shard size") as refused:
         extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path, shard_bytes=40_000), encoder=minilm)
-    assert extract(data, cfg, encoder=minilm).skipped_shards > 0
-    assert refused.value is not None
+    assert extract(data, cfg, encoder=minilm).skipped_shards > 0  # while the error, kept, holds its frames
+    assert "shard" in str(refused.value)
 
 
 # --------------------------------------------------------------------------------------------------
