@@ -59,16 +59,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, write_json  # noqa: E402
 
-from ytune import (  # noqa: E402
-    ExtractConfig,
-    extract,
-    load_glue,  # noqa: E402
-)
+from ytune import ExtractConfig, extract, load_glue  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
-from ytune.cache.format import (
-    DEFAULT_SHARD_BYTES,
-    numpy_dtype,  # noqa: E402
-)
+from ytune.cache.format import DEFAULT_SHARD_BYTES, numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
 from ytune.cache.writer import CacheWriter, plan_shards  # noqa: E402
 from ytune.extract import pipeline  # noqa: E402
