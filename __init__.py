@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ExtractConfig": "ytune.extract.config",
     "ExtractResult": "ytune.extract.pipeline",
-    "load_files": "ytune.extract.data",
-    "load_glue": "ytune.extract.data",
-    "load_hf": "ytune.extract.data",
+    "load_files": "ytune.extract.files",
+    "load_glue": "ytune.extract.glue",
+    "load_hf": "ytune.extract.hf",
     "Cache": "ytune.cache.reader",
     "open_cache": "ytune.cache.reader",
     "HeadConfig": "ytune.train.config",

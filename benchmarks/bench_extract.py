@@ -29,12 +29,12 @@ padding + forward; to_storage = float16 conversion and the finite check), the fi
 writer thread, and inside the writer thread open shard, append (each batch into the open shard)
 and commit (fsync, checksum, rename, manifest update). Nested timings are named parent/child.
 
-usage: python benchmarks/bench_extract.py [--quick] [--rows N] [--layers=-4,-3,-2,-1] [--repeats N]
-                                          [--batch-tokens N] [--backend zarr|hdf5] [--dir DIR]
-                                          [--threads N] [--no-sync] [--out results.json]
+usage: python benchmarks/bench_extract.py [--glue DIR] [--quick] [--rows N] [--layers=-4,-3,-2,-1]
+                                          [--repeats N] [--batch-tokens N] [--backend zarr|hdf5]
+                                          [--dir DIR] [--threads N] [--no-sync] [--out results.json]
 
   default: all 872 rows of SST-2 validation; --quick: its first 300 rows; --rows N: the first N rows
-  of SST-2 train instead. Write --layers with `=`: argparse takes `-4,...` for an option otherwise.
+  of SST-2 train instead. --glue: the GLUE folder (default: shared/data/glue beside the checkout). Write --layers with `=`: argparse takes `-4,...` for an option otherwise.
 """
 
 from __future__ import annotations
@@ -59,16 +59,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, write_json  # noqa: E402
 
-from ytune import (  # noqa: E402
-    ExtractConfig,
-    extract,
-    load_glue,  # noqa: E402
-)
+from ytune import ExtractConfig, extract, load_glue  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
-from ytune.cache.format import (
-    DEFAULT_SHARD_BYTES,
-    numpy_dtype,  # noqa: E402
-)
+from ytune.cache.format import DEFAULT_SHARD_BYTES, numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
 from ytune.cache.writer import CacheWriter, plan_shards  # noqa: E402
 from ytune.extract import pipeline  # noqa: E402
@@ -76,7 +69,6 @@ from ytune.extract.data import SplitData, TextDataset  # noqa: E402
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate  # noqa: E402
 from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
-GLUE_DIR = "/work/shared/data/glue"
 MAX_LENGTH = 128  # ExtractConfig's default, and the naive contender's padding length
 NAIVE_BATCH = 32
 DTYPE = "float16"  # ExtractConfig's default storage dtype
@@ -222,9 +214,9 @@ def run_naive(
 
 def load_data(args) -> tuple[TextDataset, str]:
     if args.rows is not None:
-        return load_glue("sst2", ["train"], GLUE_DIR, limit=args.rows), "train"
+        return load_glue("sst2", ["train"], args.glue, limit=args.rows), "train"
     limit = 300 if args.quick else None
-    return load_glue("sst2", ["validation"], GLUE_DIR, limit=limit), "validation"
+    return load_glue("sst2", ["validation"], args.glue, limit=limit), "validation"
 
 
 def head(dataset: TextDataset, split: str, n: int) -> TextDataset:
@@ -421,13 +413,18 @@ def report(m: dict, s: dict) -> str:
         "### Where A's time goes (median seconds over A's runs; writer-thread work: open shard, append, commit)",
         "",
     ]
+    return "\n".join(out + breakdown_report(s, med[A], med[B]))
+
+
+def breakdown_report(s: dict, med_a: float, med_b: float) -> list[str]:
+    """The table of A's time by step, and what A spends beyond the encoder's forward pass."""
     bd, calls = s["breakdown_a"], s["breakdown_calls"]
     top = sum(v for k, v in bd.items() if "/" not in k and k not in WRITER_STEPS)
-    lines = [[k, f"{v:.3f}", calls[k], f"{100 * v / med[A]:.1f}%"] for k, v in bd.items()]
-    lines.append(["(rest of extract(): identity, loop set-up, ...)", f"{med[A] - top:.3f}", "", ""])
-    out.append(markdown_table(["step", "seconds", "calls", "share of A"], lines))
+    lines = [[k, f"{v:.3f}", calls[k], f"{100 * v / med_a:.1f}%"] for k, v in bd.items()]
+    lines.append(["(rest of extract(): identity, loop set-up, ...)", f"{med_a - top:.3f}", "", ""])
+    out = [markdown_table(["step", "seconds", "calls", "share of A"], lines)]
     forward = bd.get("encode_shards/run_encoder", 0.0)
-    outside = med[A] - forward
+    outside = med_a - forward
     parts = {
         "writer tail (wait for writer)": bd.get("encode_shards/wait for writer", 0.0),
         "to_storage": bd.get("encode_shards/to_storage", 0.0),
@@ -439,18 +436,19 @@ def report(m: dict, s: dict) -> str:
     out += [
         "",
         f"- A outside the dataset's encoder forward (median A minus median run_encoder): {outside:.3f} s "
-        f"= {100 * outside / med[A]:.1f}% of A: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+        f"= {100 * outside / med_a:.1f}% of A: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
         "- B for comparison: "
         + ", ".join(f"{k} {v:.3f} s" for k, v in s["breakdown_b"].items())
-        + f"; A's run_encoder (padding + forward) {forward:.3f} s; A minus B: {med[A] - med[B]:+.3f} s",
+        + f"; A's run_encoder (padding + forward) {forward:.3f} s; A minus B: {med_a - med_b:+.3f} s",
         "- A at B's forward speed, with its own extra work: ratio "
-        f"{med[B] / (s['breakdown_b'].get('plan + pad + forward', 0.0) + outside):.3f}",
+        f"{med_b / (s['breakdown_b'].get('plan + pad + forward', 0.0) + outside):.3f}",
     ]
-    return "\n".join(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
     parser.add_argument("--quick", action="store_true", help="the first 300 rows of SST-2 validation")
     parser.add_argument("--rows", type=int, help="the first N rows of SST-2 train instead of validation")
     parser.add_argument("--layers", default="-4,-3,-2,-1", help="hidden-state indices, e.g. --layers=-4,-1")

@@ -40,8 +40,15 @@ def run_sweep(task: str, a: argparse.Namespace, out: Path) -> dict:
     ex = extract(data, ExtractConfig(model=a.model, layers=LAYERS, cache_dir=a.cache_dir, progress=False))
     cfg = TrainConfig(epochs=a.epochs, select_on="holdout")
     start = time.perf_counter()
-    winner = sweep(ex.path, [HeadSpec("ytuning")], parse_grid(a.sweep), cfg, out / task / "sweep", resume=True,
-                   log=lambda m: None)  # fmt: skip
+    winner = sweep(
+        ex.path,
+        [HeadSpec("ytuning")],
+        parse_grid(a.sweep),
+        cfg,
+        out / task / "sweep",
+        resume=True,
+        log=lambda m: None,
+    )
     sweep_s = time.perf_counter() - start
     start = time.perf_counter()
     alone = train(
@@ -49,21 +56,53 @@ def run_sweep(task: str, a: argparse.Namespace, out: Path) -> dict:
     )
     report = json.loads((out / task / "sweep" / "sweep.json").read_text())
     metric = report["metric"]
-    return {"task": task, "train_rows": len(data.splits["train"]), "metric": metric, "epochs": a.epochs,
-            "grid": report["grid"], "heads": len(report["heads"]), "winner": winner["winner"],
-            "winner_validation": winner["validation"][metric], "winner_selection": winner["selection"][metric],
-            # What choosing on validation itself would have reported: the flattering figure.
-            "best_validation": max(h["evaluation"] for h in report["heads"]),
-            "default_validation": alone["default"][metric], "probe_validation": alone["probe"][metric],
-            "sweep_s": round(sweep_s, 1), "default_and_probe_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return {
+        "task": task,
+        "train_rows": len(data.splits["train"]),
+        "metric": metric,
+        "epochs": a.epochs,
+        "grid": report["grid"],
+        "heads": len(report["heads"]),
+        "winner": winner["winner"],
+        "winner_validation": winner["validation"][metric],
+        "winner_selection": winner["selection"][metric],
+        # What choosing on validation itself would have reported: the flattering figure.
+        "best_validation": max(h["evaluation"] for h in report["heads"]),
+        "default_validation": alone["default"][metric],
+        "probe_validation": alone["probe"][metric],
+        "sweep_s": round(sweep_s, 1),
+        "default_and_probe_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def sweep_table(rows: list[dict]) -> str:
     return markdown_table(
-        ["task", "train rows", "metric", "default head", "swept winner", "winner", "probe", "grid s", "heads"],
-        [[r["task"], r["train_rows"], r["metric"], f"{r['default_validation']:.4f}", f"{r['winner_validation']:.4f}",
-          r["winner"], f"{r['probe_validation']:.4f}", f"{r['sweep_s']:.0f}", r["heads"]] for r in rows],
-    )  # fmt: skip
+        [
+            "task",
+            "train rows",
+            "metric",
+            "default head",
+            "swept winner",
+            "winner",
+            "probe",
+            "grid s",
+            "heads",
+        ],
+        [
+            [
+                r["task"],
+                r["train_rows"],
+                r["metric"],
+                f"{r['default_validation']:.4f}",
+                f"{r['winner_validation']:.4f}",
+                r["winner"],
+                f"{r['probe_validation']:.4f}",
+                f"{r['sweep_s']:.0f}",
+                r["heads"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
@@ -129,9 +168,20 @@ def main() -> None:
         return print(sweep_table(done))
     rows = [run_task(t, a, Path(a.runs)) for t in a.tasks.split(",")]
     fmt = lambda r, k: f"{r[k][r['metric']]:.4f}" if k in r else "-"  # noqa: E731
-    table = [[r["task"], r["train_rows"], r["metric"], fmt(r, "ytuning"), fmt(r, "ytuning_names"), fmt(r, "probe"), fmt(r, "majority"),
-              f"{r['ytuning_parameters']:,} ({100 * r['ytuning_parameters'] / r['encoder_parameters']:.1f}%)",
-              f"{r['ytuning_s_per_epoch']:.0f}"] for r in rows]  # fmt: skip
+    table = [
+        [
+            r["task"],
+            r["train_rows"],
+            r["metric"],
+            fmt(r, "ytuning"),
+            fmt(r, "ytuning_names"),
+            fmt(r, "probe"),
+            fmt(r, "majority"),
+            f"{r['ytuning_parameters']:,} ({100 * r['ytuning_parameters'] / r['encoder_parameters']:.1f}%)",
+            f"{r['ytuning_s_per_epoch']:.0f}",
+        ]
+        for r in rows
+    ]
     headers = [
         "task",
         "train rows",

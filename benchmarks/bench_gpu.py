@@ -23,7 +23,7 @@ MFU = those FLOPs / seconds / the device's dense bfloat16 peak (H100 and H200: 9
 Padding is counted as work done (the batches are length-sorted, so it is little); tokens/s counts
 real tokens only.
 
-    python benchmarks/bench_gpu.py                  # on a CUDA machine: under 8 minutes on an H100
+    python benchmarks/bench_gpu.py                  # on a CUDA machine (its run time: RESULTS.md 6)
     python benchmarks/bench_gpu.py --tiny           # the same code, a tiny shape, on the CPU (tests)
     python benchmarks/bench_gpu.py --cpu-xxl        # the real XXL shape through `ytune extract` on a CPU
 
@@ -46,15 +46,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, glue_subset, markdown_table  # noqa: E402
 
-from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, train  # noqa: E402  # noqa: E402
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, train  # noqa: E402
 from ytune.cache.writer import plan_shards  # noqa: E402
 from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
 from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
-XXL = dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, intermediate_size=6144, vocab_size=128100,
-           position_buckets=256)  # fmt: skip
-TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, vocab_size=30522,
-            position_buckets=16)  # fmt: skip
+XXL = dict(
+    hidden_size=1536,
+    num_hidden_layers=48,
+    num_attention_heads=24,
+    intermediate_size=6144,
+    vocab_size=128100,
+    position_buckets=256,
+)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=128,
+    vocab_size=30522,
+    position_buckets=16,
+)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense TFLOP/s
 
 
@@ -65,10 +77,20 @@ def build_encoder(shape: dict, folder: Path, device: str) -> None:
 
     logging.disable_progress_bar()
 
-    config = DebertaV2Config(**shape, max_position_embeddings=512, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                             max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
-                             position_biased_input=False, conv_kernel_size=3, conv_act="gelu", type_vocab_size=0,
-                             layer_norm_eps=1e-7)  # fmt: skip
+    config = DebertaV2Config(
+        **shape,
+        max_position_embeddings=512,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        position_biased_input=False,
+        conv_kernel_size=3,
+        conv_act="gelu",
+        type_vocab_size=0,
+        layer_norm_eps=1e-7,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = DebertaV2Model(config).to(torch.bfloat16)
@@ -125,8 +147,13 @@ def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> d
 
 def head_throughput(cache: Path, k: int, out: Path, device: str) -> float:
     """C: examples/s of one training epoch of k default heads in one pass."""
-    train(cache, [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)], TrainConfig(epochs=1, device=device),
-          out, log=lambda m: None)  # fmt: skip
+    train(
+        cache,
+        [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)],
+        TrainConfig(epochs=1, device=device),
+        out,
+        log=lambda m: None,
+    )
     return json.loads((out / "h0" / "metrics.json").read_text())["history"][0]["examples_per_s"]
 
 
@@ -176,12 +203,20 @@ def cpu_xxl(glue: str, tmp: Path) -> dict:
     out = {"build_s": round(time.perf_counter() - start, 1), "runs": []}
     for layers in ("-4,-3,-2,-1", "12"):
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-c", _CHILD, str(folder), glue, layers, str(tmp / f"cache-{layers}")],
-                             capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(folder), glue, layers, str(tmp / f"cache-{layers}")],
+            capture_output=True,
+            text=True,
+        )
         if run.returncode:
             sys.exit(f"the XXL extraction failed:\n{run.stderr[-3000:]}")
-        out["runs"].append({"layers": layers, "seconds": round(time.perf_counter() - start, 1),
-                            **json.loads(run.stdout.strip().splitlines()[-1])})  # fmt: skip
+        out["runs"].append(
+            {
+                "layers": layers,
+                "seconds": round(time.perf_counter() - start, 1),
+                **json.loads(run.stdout.strip().splitlines()[-1]),
+            }
+        )
     return out
 
 
@@ -223,15 +258,24 @@ def main() -> None:
         elif a.tiny:
             summary = measure(TINY, a.rows or 64, a.glue, torch.device("cpu"), Path(tmp))
         elif not torch.cuda.is_available():
-            print("bench_gpu.py: error: this machine has no CUDA device; --tiny runs the same code on the CPU.",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "bench_gpu.py: error: this machine has no CUDA device; --tiny runs the same code on the CPU.",
+                file=sys.stderr,
+            )
             sys.exit(2)
         else:
             summary = measure(XXL, a.rows or 20000, a.glue, torch.device("cuda"), Path(tmp))
     summary["environment"] = environment()
     if not a.cpu_xxl:
-        keys = ["ytune_tokens_per_s", "bare_tokens_per_s", "ytune_vs_bare", "model_gflop_per_s", "mfu",
-                "heads_1_examples_per_s", "heads_8_examples_per_s"]  # fmt: skip
+        keys = [
+            "ytune_tokens_per_s",
+            "bare_tokens_per_s",
+            "ytune_vs_bare",
+            "model_gflop_per_s",
+            "mfu",
+            "heads_1_examples_per_s",
+            "heads_8_examples_per_s",
+        ]
         print(markdown_table(["measure", "value"], [[k, summary[k]] for k in keys]), file=sys.stderr)
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")

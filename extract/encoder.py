@@ -130,12 +130,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def default_layers(num_layers: int) -> tuple[int, ...]:
     """The middle third of the depth, at most four hidden states spread across it (MiniLM's 6
-    layers: 2 3 4; MPNet's 12: 4 5 7 8; XXLarge's 48: 16 21 27 32). Read from there, the default
-    head gained 0.05-0.07 over the last four on CoLA, MRPC, RTE and STS-B with MPNet, level on SST-2,
-    and on MiniLM CoLA's 0.04 (RESULTS.md 5d, 5f): an encoder's top layers are trained toward its
-    one output (a pooled sentence vector here), while the token-level signal a cross-attending head
-    reads (grammar, word alignment) peaks in the middle. Four at most keeps the storage of the last
-    four on any depth, and the encoder runs a third fewer layers."""
+    layers: 2 3 4; MPNet's 12: 4 5 7 8; XXLarge's 48: 16 21 27 32). What the default head gains
+    there over the last four layers is measured in RESULTS.md 5d and 5f. The reason: an encoder's
+    top layers are trained toward its one output (a pooled sentence vector here), while the
+    token-level signal a cross-attending head reads (grammar, word alignment) peaks in the middle.
+    Four at most keeps the storage of the last four on any depth, and the encoder runs a third
+    fewer layers."""
     lo, hi = num_layers // 3, max(2 * num_layers // 3, 1)
     return tuple(sorted({int(lo + (hi - lo) * k / 3 + 0.5) for k in range(4)}))
 

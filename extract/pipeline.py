@@ -34,8 +34,9 @@ from ytune.device import autocast as autocast_to
 from ytune.device import batch_tokens
 from ytune.errors import UserError
 from ytune.extract.config import ExtractConfig
-from ytune.extract.data import SplitData, TextDataset, load_hf, text_fingerprint
+from ytune.extract.data import SplitData, TextDataset, text_fingerprint
 from ytune.extract.encoder import Encoder, forward_layers, load_encoder, resolve_layers, truncate
+from ytune.extract.hf import load_hf
 
 TRUNCATION = "longest_first"
 # A CPU batch under this many padded tokens runs on one thread: it gains nothing from a second one

@@ -10,14 +10,10 @@ import pytest
 from conftest import GLUE as GLUE_DIR  # noqa: E402
 
 from ytune import UserError
-from ytune.extract.data import (
-    GLUE_TASKS,
-    SplitData,
-    load_files,
-    load_glue,
-    load_hf,
-    text_fingerprint,
-)
+from ytune.extract.data import SplitData, text_fingerprint
+from ytune.extract.files import load_files
+from ytune.extract.glue import GLUE_TASKS, load_glue
+from ytune.extract.hf import load_hf
 
 needs_glue = pytest.mark.skipif(
     not (GLUE_DIR / "SST-2" / "train.tsv").is_file(),
@@ -364,10 +360,17 @@ def saved_dataset(path: Path) -> Path:
     features = datasets.Features(
         {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["pos", "neg"])}
     )
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"sentence": ["NA", "null", "a fine film", "a dull one"], "label": [0, 0, 0, 1]}, features=features),
-        "test": datasets.Dataset.from_dict({"sentence": ["unseen", "also unseen"], "label": [-1, -1]}, features=features),
-    }).save_to_disk(str(path))  # fmt: skip
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"sentence": ["NA", "null", "a fine film", "a dull one"], "label": [0, 0, 0, 1]},
+                features=features,
+            ),
+            "test": datasets.Dataset.from_dict(
+                {"sentence": ["unseen", "also unseen"], "label": [-1, -1]}, features=features
+            ),
+        }
+    ).save_to_disk(str(path))
     return path
 
 

@@ -267,8 +267,10 @@ def test_a_url_cache_dir_is_staged_locally_then_published(tmp_path, minilm, monk
 @pytest.mark.parametrize("layers", [["-2,-1"], ["-2", "-1"], ["--layers=-2,-1"]])
 def test_negative_layer_lists_are_taken_as_users_type_them(tmp_path, layers):
     flag = [] if layers[0].startswith("--") else ["--layers"]
-    run = subprocess.run([*CLI, "extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation",
-                          "--limit", "4", *flag, *layers, "--cache-dir", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    args = ["extract", "--task", "sst2", "--data-dir", str(GLUE), "--split", "validation", "--limit", "4"]
+    run = subprocess.run(
+        [*CLI, *args, *flag, *layers, "--cache-dir", str(tmp_path)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert open_cache(run.stdout.strip().splitlines()[-1]).identity.layers == (5, 6)  # MiniLM: 6 layers
 
@@ -293,9 +295,13 @@ def test_extract_takes_a_saved_dataset_and_a_datasetdict(tmp_path, encoder):
     from test_data import saved_dataset
 
     folder = saved_dataset(tmp_path / "reviews")
-    run = subprocess.run([*CLI, "extract", "--dataset", str(folder), "--text-field", "sentence", "--label-field", "label",
-                          "--layers", "-1", "--cache-dir", str(tmp_path / "c")],
-                         capture_output=True, text=True, env={**os.environ, "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+    args = ["extract", "--dataset", str(folder), "--text-field", "sentence", "--label-field", "label"]
+    run = subprocess.run(
+        [*CLI, *args, "--layers", "-1", "--cache-dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
+    )
     assert run.returncode == 0, run.stderr
     cache = open_cache(run.stdout.strip().splitlines()[-1])
     assert cache.identity.dataset == "reviews" and sorted(cache.splits) == ["test", "train"]
