@@ -23,7 +23,7 @@ from torch import nn
 
 from ytune.cache.identity import resolve_index
 from ytune.errors import UserError
-from ytune.train.config import HEAD_DIM, KIND_DEFAULTS, HeadConfig  # noqa: F401 (KIND_DEFAULTS, HEAD_DIM: read here by users)
+from ytune.train.config import HeadConfig
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -496,8 +496,6 @@ class HeadBank(nn.Module):
 
 
 __all__ = [
-    "HeadConfig",
-    "KIND_DEFAULTS",
     "YTuningHead",
     "LinearProbe",
     "LayerMix",
