@@ -125,7 +125,7 @@ class _Training:
         stack, _ = self.bank.head(name)
         return count_parameters(stack) // stack.size
 
-    def optimizer_settings(self, name: str) -> tuple[float, float]:
+    def settings_of(self, name: str) -> tuple[float, float]:
         """The learning rate and weight decay head `name` trains with, as its optimizer holds them."""
         s, i = self.bank.where[name]
         return self.optimizers[s].lrs[i], self.optimizers[s].weight_decays[i]
@@ -178,7 +178,7 @@ class _Training:
         if cfg.select_on == HOLDOUT:
             final = evaluate([out / n for n in self.heads], self.cache.path, cfg.eval_split, cfg)
         for name, p in self.progress.items():
-            lr, weight_decay = self.optimizer_settings(name)
+            lr, weight_decay = self.settings_of(name)
             summary = {
                 "best_epoch": p.best_epoch,
                 "selected_on": self.selection,
