@@ -25,7 +25,7 @@ _EXPORTS = {
     "HeadConfig": "ytune.train.config",
     "HeadSpec": "ytune.train.config",
     "TrainConfig": "ytune.train.config",
-    "evaluate": "ytune.train.trainer",
+    "evaluate": "ytune.train.evaluate",
     "sweep": "ytune.train.sweep",
     "Predictor": "ytune.predict",
     "UserError": "ytune.errors",

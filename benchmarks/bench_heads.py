@@ -44,7 +44,8 @@ def child(cache: str, k: int, out: str) -> None:
     """One measurement, in this process: K default heads (learning rates apart) for one epoch; K = 0
     is the stream alone. Prints {"seconds", "rss_mb"}."""
     from ytune import HeadSpec, TrainConfig, open_cache, train
-    from ytune.train.trainer import batches, default_label
+    from ytune.train.build import default_label
+    from ytune.train.stream import batches
 
     cfg = TrainConfig(epochs=1)
     if k == 0:

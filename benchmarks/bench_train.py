@@ -69,8 +69,8 @@ from ytune.extract.data import TextDataset
 from ytune.extract.glue import GLUE_TASKS
 from ytune.extract.encoder import resolve_model
 from ytune.extract.pipeline import TRUNCATION, Tokenized, pad, tokenize
+from ytune.train.config import KIND_DEFAULTS
 from ytune.train.metrics import compute_metrics
-from ytune.train.model import KIND_DEFAULTS
 
 BATCH = 32
 MAX_LENGTH = ExtractConfig().max_length

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ytune import UserError
+from ytune.train.config import HeadConfig
 from ytune.train.model import (
     HeadBank,
-    HeadConfig,
     LayerMix,
     LinearProbe,
     YTuningHead,

@@ -12,8 +12,8 @@ from killed_job import kill_then_resume
 from ytune import HeadSpec, TrainConfig, UserError, open_cache, sweep, train
 from ytune.train.checkpoint import load_head
 from ytune.train.config import SETTINGS, parse_grid, parse_layers
+from ytune.train.stream import batches, holdout_rows
 from ytune.train.sweep import expand
-from ytune.train.trainer import batches, holdout_rows
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 SMALL = {"width": 32, "heads": 2, "dropout": 0.0}
@@ -94,8 +94,10 @@ def test_the_held_out_slice_is_disjoint_from_training_and_the_same_on_every_reru
 
 def test_stacked_heads_train_as_they_would_one_at_a_time(sst2, tmp_path):
     """Three heads of one shape in one stack (lr and weight decay differ) against three runs alone."""
-    specs = [HeadSpec(f"h{i}", config=SMALL, lr=lr, weight_decay=wd) for i, (lr, wd) in enumerate(
-        [(1e-3, 0.01), (3e-3, 0.0), (5e-4, 0.1)])]  # fmt: skip
+    specs = [
+        HeadSpec(f"h{i}", config=SMALL, lr=lr, weight_decay=wd)
+        for i, (lr, wd) in enumerate([(1e-3, 0.01), (3e-3, 0.0), (5e-4, 0.1)])
+    ]
     cfg = quick(select_on="holdout")
     batch = next(iter(batches(open_cache(sst2).split("validation"), cfg, [], [0, 1], shuffle=False)))
     features, mask = batch.features, batch.mask
@@ -122,8 +124,12 @@ def test_a_sweep_of_two_shapes_reports_every_head_and_names_an_honest_winner(sst
     winner = sweep(sst2, base, grid, quick(), tmp_path, log=lambda m: None)  # holdout by default
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["selected_on"] == "holdout" and report["metric"] == "accuracy"
-    assert [h["name"] for h in report["heads"]] == ["width=32,lr=1e-3", "width=32,lr=3e-3", "width=64,lr=1e-3",
-                                                    "width=64,lr=3e-3"]  # fmt: skip
+    assert [h["name"] for h in report["heads"]] == [
+        "width=32,lr=1e-3",
+        "width=32,lr=3e-3",
+        "width=64,lr=1e-3",
+        "width=64,lr=3e-3",
+    ]
     best = max(report["heads"], key=lambda h: h["selection"])
     assert report["winner"] == winner["winner"] == best["name"]
     assert winner["settings"] == best["settings"] and winner["validation"]["accuracy"] == best["evaluation"]
@@ -162,8 +168,13 @@ def test_a_killed_sweep_resumes_to_the_same_table(sst2, tmp_path):
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
     last = json.loads(full.stdout.splitlines()[-1])
-    assert last["selected_on"] == "holdout" and set(last) == {"winner", "settings", "selected_on", "selection",
-                                                              "validation"}  # fmt: skip
+    assert last["selected_on"] == "holdout" and set(last) == {
+        "winner",
+        "settings",
+        "selected_on",
+        "selection",
+        "validation",
+    }
     assert "<- winner" in full.stderr
     resumed = kill_then_resume(args, tmp_path / "cut", epochs=6)
     assert json.loads(resumed.stdout.splitlines()[-1]) == last
@@ -182,8 +193,11 @@ def test_bad_sweeps_on_the_command_line_are_one_sentence(sst2, tmp_path):
         (["--sweep", "lr=fast"], "is not a number"),
         (["--sweep", "depth=2"], "unknown head setting"),
     ):
-        out = subprocess.run([*CLI, "train", "--cache", str(sst2), "--out", str(tmp_path), *bad], capture_output=True,
-                             text=True)  # fmt: skip
+        out = subprocess.run(
+            [*CLI, "train", "--cache", str(sst2), "--out", str(tmp_path), *bad],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written

@@ -23,7 +23,7 @@ from ytune import (
     train,
 )
 from ytune.train.checkpoint import load_head
-from ytune.train.trainer import default_epochs
+from ytune.train.stream import default_epochs
 
 CLI = [sys.executable, "-m", "ytune.cli"]
 
@@ -138,14 +138,36 @@ def test_regression_on_stsb(tmp_path, encoder, glue):
 
 
 def test_cli_train_and_eval_print_metrics_last(sst2, tmp_path):
-    out = subprocess.run([*CLI, "train", "--cache", str(sst2), "--out", str(tmp_path), "--epochs", "1",
-                          "--width", "32", "--heads", "2", "--head", "name=yt", "--head", "name=probe,head_type=probe"],
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            *CLI,
+            "train",
+            "--cache",
+            str(sst2),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--width",
+            "32",
+            "--heads",
+            "2",
+            "--head",
+            "name=yt",
+            "--head",
+            "name=probe,head_type=probe",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(last) == {"yt", "probe"} and set(last["yt"]) == {"accuracy"}
-    ev = subprocess.run([*CLI, "eval", "--head", str(tmp_path / "probe"), "--cache", str(sst2), "--split", "validation"],
-                        capture_output=True, text=True)  # fmt: skip
+    ev = subprocess.run(
+        [*CLI, "eval", "--head", str(tmp_path / "probe"), "--cache", str(sst2), "--split", "validation"],
+        capture_output=True,
+        text=True,
+    )
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout.strip().splitlines()[-1]) == last["probe"]
     bad = subprocess.run(
@@ -195,8 +217,23 @@ def test_resume_reads_no_pickle_and_refuses_other_settings(sst2, tmp_path):
 
 
 def label_cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "cache", "label", str(cache), "--name", "size", "--text-field", "sentence",
-                           "--label-field", "size", *args], capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [
+            *CLI,
+            "cache",
+            "label",
+            str(cache),
+            "--name",
+            "size",
+            "--text-field",
+            "sentence",
+            "--label-field",
+            "size",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def size_file(path: Path, texts: list[str]) -> Path:
@@ -226,8 +263,13 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
     assert [column.names[v] for v in column.values] == [
         "long" if len(t.split()) > 12 else "short" for t in texts
     ]
-    results = train(sst2, [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})], quick(epochs=8),
-                    tmp_path / "r", log=lambda m: None)  # fmt: skip
+    results = train(
+        sst2,
+        [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})],
+        quick(epochs=8),
+        tmp_path / "r",
+        log=lambda m: None,
+    )
     assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
     # Without a label named, heads still learn the column extraction attached.
     train(
@@ -249,7 +291,10 @@ def test_a_label_file_that_misses_or_contradicts_cached_rows_is_refused_with_the
         sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "a.csv", texts[:150]))
     )
     assert short.returncode == 2
-    assert f"150 of the 300 rows of split 'train' have no text in {tmp_path / 'a.csv'} (150 rows); the first is row 151: {texts[150]!r}" in short.stderr  # fmt: skip
+    assert (
+        f"150 of the 300 rows of split 'train' have no text in {tmp_path / 'a.csv'} (150 rows); the first is row 151: {texts[150]!r}"
+        in short.stderr
+    )
     twice = tmp_path / "b.csv"
     twice.write_text(size_file(tmp_path / "b.csv", texts).read_text() + f'"{texts[7]}",other\n')
     out = label_cli(sst2_copy, "--split", "train", "--file", str(twice))
@@ -300,7 +345,7 @@ def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
 def test_reading_batches_leaves_the_random_state_to_the_heads(sst2, workers):
     # The heads' dropout draws from torch's generator; the loader must not, or every epoch and
     # evaluation would shift it (and a run's figures would depend on how often batches are read).
-    from ytune.train.trainer import batches
+    from ytune.train.stream import batches
 
     reader = open_cache(sst2).split("train")
     torch.manual_seed(0)

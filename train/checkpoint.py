@@ -2,7 +2,8 @@
 
 The config names the cache identity the head was trained on and the hidden-state layers it reads,
 so using it on features of another encoder, tokenizer, length or layer set is refused; another
-dataset in the same feature space is fine (evaluating on a new test set is the point).
+dataset in the same feature space is fine (evaluating on a new test set is the point). A sweep's
+folder stands for its winner: its `sweep.json` names the head to load.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ytune.errors import UserError
 from ytune.train.model import HeadConfig, build_head, load_head_state
 
 FEATURE_FIELDS = ("encoder", "tokenizer", "max_length", "truncation")
+SWEEP_FILE = "sweep.json"  # a sweep's report, naming its winner
 
 
 def feature_differences(a: Identity, b: Identity) -> list[str]:
@@ -30,6 +32,9 @@ def feature_differences(a: Identity, b: Identity) -> list[str]:
 
 @dataclass
 class HeadInfo:
+    """What a checkpoint says of its head besides the weights: enough to rebuild it, to score it on
+    its label column, and to refuse features it was not trained on."""
+
     name: str
     config: HeadConfig
     label: str  # the label column it was trained on (the task)
@@ -53,8 +58,16 @@ class HeadInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadInfo:
-        return cls(d["name"], HeadConfig.from_dict(d["head"]), d["label"], d["label_names"], d["metrics"],
-                   d["layers"], d["identity"], d["encoder"])  # fmt: skip
+        return cls(
+            d["name"],
+            HeadConfig.from_dict(d["head"]),
+            d["label"],
+            d["label_names"],
+            d["metrics"],
+            d["layers"],
+            d["identity"],
+            d["encoder"],
+        )
 
     def positions(self, identity: Identity, where: str) -> list[int]:
         """Where this head's layers sit among `identity`'s cached layers; a clear error if the
@@ -62,12 +75,16 @@ class HeadInfo:
         mine = Identity.from_dict(self.identity)
         differs = feature_differences(mine, identity)
         if differs:
-            raise UserError(f"head {self.name!r} was trained on other features than {where} "
-                            f"(differs in: {', '.join(differs)}).")  # fmt: skip
+            raise UserError(
+                f"head {self.name!r} was trained on other features than {where} "
+                f"(differs in: {', '.join(differs)})."
+            )
         missing = [i for i in self.layers if i not in identity.layers]
         if missing:
-            raise UserError(f"head {self.name!r} reads layers {self.layers}, but {where} holds only "
-                            f"{list(identity.layers)}.")  # fmt: skip
+            raise UserError(
+                f"head {self.name!r} reads layers {self.layers}, but {where} holds only "
+                f"{list(identity.layers)}."
+            )
         return [identity.layers.index(i) for i in self.layers]
 
 
@@ -83,8 +100,6 @@ def save_head(directory: Path, state: dict[str, torch.Tensor], info: HeadInfo) -
 
 def load_head(directory: str | Path) -> tuple[nn.Module, HeadInfo]:
     """A trained head from its folder; a sweep's folder gives its winner."""
-    from ytune.train.sweep import winner_dir
-
     directory = winner_dir(Path(directory))
     if not (directory / "config.json").is_file() or not (directory / "head.safetensors").is_file():
         raise UserError(f"{directory} is not a trained head: it needs config.json and head.safetensors.")
@@ -97,3 +112,14 @@ def load_head(directory: str | Path) -> tuple[nn.Module, HeadInfo]:
     except Exception as e:  # json, safetensors and torch each raise their own types for damage
         raise UserError(f"{directory} holds a damaged head ({type(e).__name__}: {e}).") from None
     return head.eval(), info
+
+
+def winner_dir(directory: Path) -> Path:
+    """A sweep's folder stands for its winner's head folder; any other folder for itself."""
+    file = directory / SWEEP_FILE
+    if (directory / "config.json").exists() or not file.is_file():
+        return directory
+    try:
+        return directory / json.loads(file.read_text())["winner"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{file} is damaged: it does not name the sweep's winner.") from None

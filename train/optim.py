@@ -16,8 +16,14 @@ from torch.optim.adam import adam
 
 
 class StackedAdamW:
-    def __init__(self, module: nn.Module, lrs: Sequence[float], weight_decays: Sequence[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        module: nn.Module,
+        lrs: Sequence[float],
+        weight_decays: Sequence[float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.lrs, self.weight_decays = list(lrs), list(weight_decays)
         self.betas, self.eps = betas, eps
@@ -47,24 +53,39 @@ class StackedAdamW:
             if not on:
                 continue
             adam(
-                [self.params[i][k] for i in live], [g[k] for g in grads],
-                [self.exp_avgs[i][k] for i in live], [self.exp_avg_sqs[i][k] for i in live], [],
-                [self.steps[k][i] for i in live], fused=True, grad_scale=unscale[k],
-                decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
-                lr=self.lrs[k] * factor, weight_decay=self.weight_decays[k], eps=self.eps, maximize=False,
-            )  # fmt: skip
+                [self.params[i][k] for i in live],
+                [g[k] for g in grads],
+                [self.exp_avgs[i][k] for i in live],
+                [self.exp_avg_sqs[i][k] for i in live],
+                [],
+                [self.steps[k][i] for i in live],
+                fused=True,
+                grad_scale=unscale[k],
+                decoupled_weight_decay=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=self.lrs[k] * factor,
+                weight_decay=self.weight_decays[k],
+                eps=self.eps,
+                maximize=False,
+            )
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
     def state_dict(self) -> dict:
-        return {"exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs,
-                "steps": [[float(s) for s in head] for head in self.steps]}  # fmt: skip
+        return {
+            "exp_avgs": self.exp_avgs,
+            "exp_avg_sqs": self.exp_avg_sqs,
+            "steps": [[float(s) for s in head] for head in self.steps],
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        for mine, saved in zip(self.exp_avgs + self.exp_avg_sqs, state["exp_avgs"] + state["exp_avg_sqs"],
-                               strict=True):  # fmt: skip
+        for mine, saved in zip(
+            self.exp_avgs + self.exp_avg_sqs, state["exp_avgs"] + state["exp_avg_sqs"], strict=True
+        ):
             mine.copy_(saved)
         for head, saved in zip(self.steps, state["steps"], strict=True):
             for s, value in zip(head, saved, strict=True):

@@ -3,7 +3,7 @@
 `--sweep lr=2e-4,5e-4 --sweep width=256,384` trains the product of the values as heads named after
 their settings (`lr=2e-4,width=256`, ...), on top of the base settings the other flags give. By
 default each head's best epoch and the winning head are chosen on a seeded slice of the training
-rows that no head trains on (trainer.holdout_rows); only the winner's score on the evaluation split
+rows that no head trains on (stream.holdout_rows); only the winner's score on the evaluation split
 is the sweep's result, so a small validation split (RTE: 277 rows) cannot flatter it. Beside the
 heads: sweep.json (every head's settings and scores), a table, a plot, and the winner's name, which
 `ytune eval` and `ytune predict` follow when given the sweep's folder.
@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ytune.errors import UserError
+from ytune.train.checkpoint import SWEEP_FILE
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig, with_settings
+from ytune.train.plots import plot_sweep
 from ytune.train.trainer import train
-
-SWEEP_FILE = "sweep.json"
 
 
 def expand(base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]]) -> list[tuple[HeadSpec, dict]]:
@@ -42,8 +42,15 @@ def expand(base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]]) -> list[
     return heads
 
 
-def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]], cfg: TrainConfig,
-          out: str | Path, resume: bool = False, log=print) -> dict:  # fmt: skip
+def sweep(
+    cache_path: str | Path,
+    base: Sequence[HeadSpec],
+    grid: Mapping[str, Sequence[str]],
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    log=print,
+) -> dict:
     """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics."""
     out = Path(out)
     cfg = dataclasses.replace(cfg, select_on=cfg.select_on or HOLDOUT)
@@ -55,22 +62,41 @@ def sweep(cache_path: str | Path, base: Sequence[HeadSpec], grid: Mapping[str, S
     for spec, settings in grown:
         m = summaries[spec.name] = json.loads((out / spec.name / "metrics.json").read_text())
         metric = next(iter(m["selection"]))
-        heads.append({"name": spec.name, "settings": settings,
-                      "metric": metric, "selection": m["selection"][metric], "evaluation": results[spec.name][metric],
-                      "best_epoch": m["best_epoch"], "parameters": m["tunable_parameters"],
-                      "seconds": round(sum(h["seconds"] for h in m["history"]), 2)})  # fmt: skip
+        heads.append(
+            {
+                "name": spec.name,
+                "settings": settings,
+                "metric": metric,
+                "selection": m["selection"][metric],
+                "evaluation": results[spec.name][metric],
+                "best_epoch": m["best_epoch"],
+                "parameters": m["tunable_parameters"],
+                "seconds": round(sum(h["seconds"] for h in m["history"]), 2),
+            }
+        )
     if len({h["metric"] for h in heads}) > 1:
         raise UserError("the swept heads learn labels scored by different metrics: there is no one winner.")
     winner = max(heads, key=lambda h: h["selection"])  # the first of equals: grid order decides ties
     selected_on = summaries[winner["name"]]["selected_on"]
-    report = {"winner": winner["name"], "selected_on": selected_on, "eval_split": cfg.eval_split,
-              "metric": winner["metric"], "grid": dict(grid), "seconds": round(seconds, 2), "heads": heads}  # fmt: skip
+    report = {
+        "winner": winner["name"],
+        "selected_on": selected_on,
+        "eval_split": cfg.eval_split,
+        "metric": winner["metric"],
+        "grid": dict(grid),
+        "seconds": round(seconds, 2),
+        "heads": heads,
+    }
     (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
     print(format_table(report), file=sys.stderr)
     plot_sweep(report, out / "sweep.png")
-    return {"winner": winner["name"], "settings": winner["settings"], "selected_on": selected_on,
-            "selection": summaries[winner["name"]]["selection"],
-            cfg.eval_split: results[winner["name"]]}  # fmt: skip
+    return {
+        "winner": winner["name"],
+        "settings": winner["settings"],
+        "selected_on": selected_on,
+        "selection": summaries[winner["name"]]["selection"],
+        cfg.eval_split: results[winner["name"]],
+    }
 
 
 def format_table(report: dict) -> str:
@@ -80,39 +106,9 @@ def format_table(report: dict) -> str:
     lines = [f"{'head':<{width}}  {on + ' ' + metric:>20}  {split + ' ' + metric:>22}  epoch  parameters"]
     for h in rows:
         mark = "  <- winner" if h["name"] == report["winner"] else ""
-        lines.append(f"{h['name']:<{width}}  {h['selection']:>20.4f}  {h['evaluation']:>22.4f}  "
-                     f"{h['best_epoch']:>5}  {h['parameters']:>10,}{mark}")  # fmt: skip
+        lines.append(
+            f"{h['name']:<{width}}  {h['selection']:>20.4f}  {h['evaluation']:>22.4f}  "
+            f"{h['best_epoch']:>5}  {h['parameters']:>10,}{mark}"
+        )
     lines.append(f"{len(rows)} heads in one pass, {report['seconds']:.0f} s; chosen on {on}.")
     return "\n".join(lines)
-
-
-def plot_sweep(report: dict, path: Path) -> None:
-    """The selection metric of every head over the grid, the winner in another colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    heads = report["heads"]
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(heads)))
-    colours = ["tab:orange" if h["name"] == report["winner"] else "tab:blue" for h in heads]
-    ax.barh(range(len(heads)), [h["selection"] for h in heads], color=colours)
-    ax.set_yticks(range(len(heads)), [h["name"] for h in heads], fontsize=7)
-    ax.invert_yaxis()
-    lo = min(h["selection"] for h in heads)
-    ax.set_xlim(left=lo - 0.1 * (max(h["selection"] for h in heads) - lo + 1e-3))
-    ax.set(xlabel=f"{report['metric']} on {report['selected_on']}", title="sweep")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def winner_dir(directory: Path) -> Path:
-    """A sweep's folder stands for its winner's head folder; any other folder for itself."""
-    file = directory / SWEEP_FILE
-    if (directory / "config.json").exists() or not file.is_file():
-        return directory
-    try:
-        return directory / json.loads(file.read_text())["winner"]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{file} is damaged: it does not name the sweep's winner.") from None

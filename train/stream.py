@@ -1,0 +1,74 @@
+"""The training stream: which rows a run learns from and which it selects on, how many passes it
+makes over them, and the batches that carry them to the heads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ytune.cache.reader import Batch, SplitReader
+from ytune.device import pick_device
+from ytune.errors import UserError
+from ytune.train.config import TrainConfig
+
+EXAMPLES = 60_000  # what a default run shows the heads, epochs permitting (default_epochs)
+
+
+def default_epochs(rows: int) -> int:
+    """Epochs for a training set of `rows`: enough passes to show the heads about EXAMPLES examples,
+    3 to 10. Small splits need the passes and large ones peak early (measured with the default head
+    on STS-B and SST-2 in benchmarks/RESULTS.md 5a)."""
+    return min(10, max(3, math.ceil(EXAMPLES / max(rows, 1))))
+
+
+def holdout_rows(rows: int, seed: int, share: float = 0.1, least: int = 300) -> np.ndarray:
+    """The training rows held out to select on: a seeded draw of `share` of them, at least `least`
+    where the split has five times that (so small splits keep 80% to learn from). The same rows for
+    every head of a run and for any rerun with the same seed."""
+    n = min(max(round(share * rows), least), rows // 5)
+    if n < 1:
+        raise UserError(
+            f"a training split of {rows} rows is too small to hold rows out; select on validation."
+        )
+    return np.sort(np.random.default_rng([seed, 0x5E1EC7]).choice(rows, n, replace=False))
+
+
+def batches(
+    reader: SplitReader,
+    cfg: TrainConfig,
+    labels: Sequence[str],
+    layers: Sequence[int],
+    *,
+    shuffle: bool,
+    epoch: int = 0,
+    keep: np.ndarray | None = None,
+) -> Iterator[Batch]:
+    """The split's batches (only the rows `keep` marks, if given), through a DataLoader with
+    `cfg.workers` worker processes (0: read ahead by a thread of this one), page-locked on CUDA so
+    their copies to the GPU overlap compute. The stream orders itself from `cfg.seed`; the loader
+    gets a generator of its own, because each of its iterators draws a seed from it, which from
+    torch's global generator would shift the heads' dropout with every epoch and evaluation."""
+    pin = pick_device(cfg.device).type == "cuda"
+    dataset = reader.dataset(
+        cfg.batch_size,
+        labels=list(labels),
+        layers=list(layers),
+        shuffle=shuffle,
+        seed=cfg.seed,
+        epoch=epoch,
+        buffer_size=cfg.buffer_size,
+        keep=keep,
+        pin=pin,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=pin and cfg.workers > 0,
+        generator=torch.Generator(),
+    )
+    return iter(loader)
