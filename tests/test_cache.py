@@ -264,7 +264,8 @@ def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monk
         w = CacheWriter(
             tmp_path / how, cache_job.identity("float16"), backend, info={"hidden_size": cache_job.HIDDEN}
         )
-        shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30)[0]
+        texts = [f"toy row {i}" for i in range(len(lengths))]
+        shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30, texts=(texts, None))[0]
         block = encode(
             torch.cat(
                 [cache_job.features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]

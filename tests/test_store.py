@@ -28,7 +28,7 @@ from ytune import (  # noqa: E402  # noqa: E402
     open_cache,  # noqa: E402
     train,
 )
-from ytune.cache.backends import size_on_disk  # noqa: E402
+from ytune.cache.files import size_on_disk  # noqa: E402
 from ytune.cache.remote import set_storage_options  # noqa: E402
 
 CLI = [sys.executable, "-m", "ytune.cli"]
