@@ -237,8 +237,12 @@ def test_cache_verbs_on_the_command_line(tmp_path):
     assert "float16" in ls.stdout and "layers " in ls.stdout  # two caches of one dataset tell apart
     before = subprocess.run([*cli, "--cache-dir", str(tmp_path), "ls"], capture_output=True, text=True)
     assert before.stdout == ls.stdout  # the root given before the verb is the same root
-    piped = subprocess.run(f"{sys.executable} -m ytune.cli cache info {path} | head -1", shell=True,
-                           capture_output=True, text=True)  # fmt: skip
+    piped = subprocess.run(
+        f"{sys.executable} -m ytune.cli cache info {path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert piped.stdout == "{\n" and "Traceback" not in piped.stderr
     info = subprocess.run(
         [*cli, "info", path.name, "--cache-dir", str(tmp_path)], capture_output=True, text=True
