@@ -73,7 +73,10 @@ def build(root: Path, backend: str, target_bytes: int, seed: int = 0) -> Path:
     lengths = rng.integers(MIN_LEN, MAX_LEN + 1, size=rows)
     info = {"hidden_size": HIDDEN, "encoder": "synthetic"}
     with CacheWriter(root, identity(), backend, info=info) as w:
-        plan = w.plan_split("train", lengths, f"synthetic-{seed}-{rows}", shard_bytes=DEFAULT_SHARD_BYTES)
+        texts = [f"synthetic row {i}" for i in range(rows)]
+        plan = w.plan_split(
+            "train", lengths, f"synthetic-{seed}-{rows}", shard_bytes=DEFAULT_SHARD_BYTES, texts=(texts, None)
+        )
         done = w.committed("train")
         for shard in plan:
             if shard.name in done:

@@ -60,8 +60,11 @@ def main() -> None:
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(3)
         endpoint = f"http://127.0.0.1:{port}"
@@ -97,8 +100,10 @@ def main() -> None:
         "first_epoch_ratio": median["store"][0] / median["disk"][0],
         "second_epoch_ratio": median["store"][1] / median["disk"][1],
     }
-    print(f"upload {upload_s:.1f} s for {result['bytes'] / 1e6:.0f} MB; epoch 1 store/disk "
-          f"{result['first_epoch_ratio']:.2f}x, epoch 2 {result['second_epoch_ratio']:.2f}x")  # fmt: skip
+    print(
+        f"upload {upload_s:.1f} s for {result['bytes'] / 1e6:.0f} MB; epoch 1 store/disk "
+        f"{result['first_epoch_ratio']:.2f}x, epoch 2 {result['second_epoch_ratio']:.2f}x"
+    )
     write_json(a.out, result)
 
 

@@ -3,25 +3,25 @@
 Zarr v3 (default) stores a shard as a group directory; each array is cut into chunk files of about
 CHUNK_BYTES, uncompressed (encoder features do not compress, and reads must be fast). Zarr's own
 sharding codec is not used: a ytune shard is already the unit of distribution (tens of MB), and
-measured here it halved read speed (0.9 GB/s against 1.6-3.2 GB/s for plain chunks). HDF5 stores a shard as one file with the same three datasets, chunked the same way. Either
-is readable with plain zarr or h5py: see docs/cache-format.md.
+measured here it read slower than plain chunks (docs/cache-format.md, "Chunking and codecs").
+HDF5 stores a shard as one file with the same three datasets, chunked the same way. Either is
+readable with plain zarr or h5py: see docs/cache-format.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import h5py
 import numpy as np
 import zarr
 
-from ytune.cache.format import FEATURES, OFFSETS, ROW
-from ytune.errors import UserError
+from ytune.cache.files import fsync_tree
+from ytune.cache.format import FEATURES, OFFSETS, ROW, SUFFIXES, shard_suffix
 
 CHUNK_BYTES = 8 << 20  # large sequential reads, still small enough for random access to one example
 
@@ -44,8 +44,9 @@ class ShardSink:
     durable as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
     """
 
-    def __init__(self, features: Any, tokens: int, chunk: int, sync: Callable[[], None],
-                 close: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, features: Any, tokens: int, chunk: int, sync: Callable[[], None], close: Callable[[], None]
+    ) -> None:
         self.features, self.tokens, self.chunk, self.sync, self._close = features, tokens, chunk, sync, close
         self.written = 0
         self.pending: list[np.ndarray] = []
@@ -83,7 +84,10 @@ class ShardSink:
             self._close = None
 
 
-class Backend(Protocol):
+class Backend(ABC):
+    """One shard format. Both lay out the same three arrays, chunked the same way (`chunks`); a
+    backend says only how to make its container and arrays, make them durable, and open them."""
+
     name: str
     suffix: str
 
@@ -96,78 +100,122 @@ class Backend(Protocol):
         row: np.ndarray,
         attrs: dict,
     ) -> ShardSink:
-        """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink."""
+        """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink;
+        offsets and row are written now."""
+        container = self._container(path, attrs)
+        try:
+            features = self._array(container, FEATURES, shape, dtype)
+            for key, data in ((OFFSETS, offsets), (ROW, row)):
+                self._array(container, key, data.shape, data.dtype, data)
+        except BaseException:
+            self._close(container)
+            raise
+        return ShardSink(
+            features,
+            shape[0],
+            features.chunks[0],
+            sync=lambda: self._sync(container, path),
+            close=lambda: self._close(container),
+        )
 
-    def open(self, path: Path) -> ShardArrays: ...
+    @abstractmethod
+    def open(self, path: Path) -> ShardArrays:
+        """The shard's arrays, for reading."""
+
+    @abstractmethod
+    def _container(self, path: Path, attrs: dict) -> Any:
+        """The new, empty shard at `path`, with its attributes."""
+
+    @abstractmethod
+    def _array(
+        self,
+        container: Any,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        data: np.ndarray | None = None,
+    ) -> Any:
+        """A new array of the shard, chunked by `chunks`, holding `data` when given (else zeros)."""
+
+    @abstractmethod
+    def _sync(self, container: Any, path: Path) -> None:
+        """Make the features written so far durable."""
+
+    @abstractmethod
+    def _close(self, container: Any) -> None:
+        """Let go of the container's open files, if it keeps any."""
 
 
 def chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     """An array's chunk shape: whole rows, about CHUNK_BYTES, and equal-sized, because both formats
-    store the last chunk whole: a fixed size left up to one chunk of zeros per shard (6% of a real
-    cache)."""
+    store the last chunk whole: a fixed size left up to one chunk of zeros per shard."""
     per_row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
     count = -(-shape[0] * per_row // CHUNK_BYTES)
     return (max(1, -(-shape[0] // max(1, count))), *shape[1:])
 
 
-class ZarrBackend:
-    name, suffix = "zarr", ".zarr"
+class ZarrBackend(Backend):
+    name = "zarr"
+    suffix = SUFFIXES[name]
 
-    def create(
+    def _container(self, path: Path, attrs: dict) -> zarr.Group:
+        return zarr.open_group(str(path), mode="w-", attributes=attrs)
+
+    def _array(
         self,
-        path: Path,
+        group: zarr.Group,
+        key: str,
         shape: tuple[int, ...],
         dtype: np.dtype,
-        offsets: np.ndarray,
-        row: np.ndarray,
-        attrs: dict,
-    ) -> ShardSink:
-        group = zarr.open_group(str(path), mode="w-", attributes=attrs)
+        data: np.ndarray | None = None,
+    ) -> zarr.Array:
+        array = group.create_array(
+            key, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), compressors=None, fill_value=0
+        )
+        if data is not None:
+            array[...] = data
+        return array
 
-        def array(key: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
-            return group.create_array(
-                key, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), compressors=None, fill_value=0
-            )
-
-        features = array(FEATURES, tuple(shape), dtype)
-        for key, data in ((OFFSETS, offsets), (ROW, row)):
-            array(key, data.shape, data.dtype)[...] = data
+    def _sync(self, group: zarr.Group, path: Path) -> None:
         # offsets and row are fsynced at commit; while features arrive only their chunk files change
-        return ShardSink(features, shape[0], features.chunks[0], sync=lambda: fsync_tree(path / FEATURES))
+        fsync_tree(path / FEATURES)
+
+    def _close(self, group: zarr.Group) -> None:
+        pass  # a zarr group keeps no files open between writes
 
     def open(self, path: Path) -> ShardArrays:
         group = zarr.open_group(str(path), mode="r")
         return ShardArrays(group[FEATURES], group[OFFSETS], group[ROW])
 
 
-class HDF5Backend:
-    name, suffix = "hdf5", ".h5"
+class HDF5Backend(Backend):
+    name = "hdf5"
+    suffix = SUFFIXES[name]
 
-    def create(
-        self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        offsets: np.ndarray,
-        row: np.ndarray,
-        attrs: dict,
-    ) -> ShardSink:
-        # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
-        # libver="latest": compact chunk indexes, 1 KB of overhead per dataset instead of about 5.
+    def _container(self, path: Path, attrs: dict) -> h5py.File:
+        # libver="latest": compact chunk indexes, much less overhead per dataset than the default.
         f = h5py.File(path, "w-", libver="latest")
         try:
             f.attrs.update(attrs)
-            features = f.create_dataset(
-                FEATURES, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), track_times=False
-            )
-            for key, data in ((OFFSETS, offsets), (ROW, row)):
-                f.create_dataset(key, data=data, chunks=chunks(data.shape, data.dtype), track_times=False)
         except BaseException:
             f.close()
             raise
-        return ShardSink(
-            features, shape[0], features.chunks[0], sync=lambda: (f.flush(), fsync_tree(path)), close=f.close
+        return f
+
+    def _array(
+        self, f: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype, data: np.ndarray | None = None
+    ) -> h5py.Dataset:
+        # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
+        return f.create_dataset(
+            key, shape=shape, dtype=dtype, data=data, chunks=chunks(shape, dtype), track_times=False
         )
+
+    def _sync(self, f: h5py.File, path: Path) -> None:
+        f.flush()
+        fsync_tree(path)
+
+    def _close(self, f: h5py.File) -> None:
+        f.close()
 
     def open(self, path: Path) -> ShardArrays:
         f = h5py.File(path, "r")
@@ -178,42 +226,5 @@ BACKENDS: dict[str, Backend] = {"zarr": ZarrBackend(), "hdf5": HDF5Backend()}
 
 
 def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise UserError(f"unknown cache backend {name!r}; choose one of {', '.join(BACKENDS)}.") from None
-
-
-def _files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-
-
-def checksum(path: Path) -> str:
-    """sha256 over a shard's files (relative names and bytes, in sorted order): one value for a
-    zarr directory or an HDF5 file alike."""
-    digest = hashlib.sha256()
-    for file in _files(path):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def size_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in _files(path))
-
-
-def is_whole(path: Path, size: int) -> bool:
-    """The cheap check on every read and resume: the shard is there with the size the manifest
-    recorded (truncation, deletion). Same-size damage needs the checksum: ytune cache verify."""
-    return path.exists() and size_on_disk(path) == size
-
-
-def fsync_tree(path: Path) -> None:
-    for file in _files(path):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    shard_suffix(name)  # refuses an unknown backend in one sentence
+    return BACKENDS[name]

@@ -25,6 +25,7 @@ MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ra
 TEXTS = "texts.json"  # per split: the texts (and second texts) the features were extracted from
 TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
 DTYPES = ("float16", "bfloat16")
+SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}  # the shard formats (manifest "backend") and their names' suffix
 FEATURES, OFFSETS, ROW = "features", "offsets", "row"
 FLOAT16_LIMIT = 65520.0  # the smallest magnitude that rounds to inf in float16
 
@@ -36,6 +37,14 @@ def default_root() -> Path:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
+
+
+def shard_suffix(backend: str) -> str:
+    """The suffix of a backend's shard names; one sentence for a backend this ytune does not know."""
+    try:
+        return SUFFIXES[backend]
+    except KeyError:
+        raise UserError(f"unknown cache backend {backend!r}; choose one of {', '.join(SUFFIXES)}.") from None
 
 
 def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> torch.Tensor:

@@ -7,9 +7,10 @@ single stored number gives another cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+
+from ytune.cache.files import fingerprint
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Identity:
         return cls(**{**d, "layers": tuple(d["layers"])})
 
     def cache_id(self) -> str:
-        return _digest(self.to_dict())
+        return fingerprint([json.dumps(self.to_dict(), sort_keys=True).encode()])
 
     def diff(self, other: Identity) -> list[str]:
         """Names of the fields that differ, for error messages that say what does not match."""
@@ -42,7 +43,3 @@ def resolve_index(i: int, count: int) -> int | None:
     (and timm's `forward_intermediates`) count them; None when out of range. The one rule for every
     layer number ytune takes: hidden states of an encoder, layers of a cache, layers of a head."""
     return i % count if -count <= i < count else None
-
-
-def _digest(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

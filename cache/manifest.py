@@ -1,21 +1,23 @@
 """The manifest: the one file that says what a cache holds. A shard it does not list does not exist.
 
 It is only ever replaced whole (write a temporary file, fsync, rename), so a reader sees the old
-manifest or the new one, never a mix, and a writer killed at any moment leaves a valid cache.
+manifest or the new one, never a mix, and a writer killed at any moment leaves a valid cache. The
+locks that order its changes live here too: the writer lock of a whole cache, and the short lock
+around each read-change-replace of the manifest.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ytune.cache.format import FORMAT_VERSION, MANIFEST, MANIFEST_LOCK, TEXTS, TMP_PREFIX
+from ytune.cache.files import checksum, disk_error, staged
+from ytune.cache.format import FORMAT_VERSION, LOCK, MANIFEST, MANIFEST_LOCK, TEXTS
 from ytune.cache.identity import Identity
 from ytune.errors import UserError
 
@@ -25,7 +27,7 @@ class ShardRecord:
     rows: int
     tokens: int
     bytes: int
-    checksum: str  # sha256 of the shard's files (see backends.checksum)
+    checksum: str  # sha256 of the shard's files (files.checksum)
 
 
 @dataclass
@@ -43,10 +45,10 @@ class SplitRecord:
     text_fingerprint: str
     plan: str  # hash of the shard plan: a resumed job must cut the rows the same way
     num_shards: int
+    texts: str  # checksum of <split>/texts.json
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     labels: dict[str, LabelRecord] = field(default_factory=dict)
     truncated: int = 0  # rows cut at max_length
-    texts: str | None = None  # sha256 of <split>/texts.json (None: extracted before texts were kept)
 
     @property
     def complete(self) -> bool:
@@ -55,7 +57,7 @@ class SplitRecord:
     def small_files(self) -> dict[str, str]:
         """The split's label and text files (paths inside the split's folder) and their checksums."""
         files = {f"labels/{column}.json": label.checksum for column, label in sorted(self.labels.items())}
-        return {**files, TEXTS: self.texts} if self.texts else files
+        return {**files, TEXTS: self.texts}
 
 
 @dataclass
@@ -115,30 +117,20 @@ def read_manifest(path: Path) -> Manifest:
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Replace the manifest atomically and durably."""
-    tmp = Path(path) / f"{TMP_PREFIX}{MANIFEST}.{os.getpid()}"
-    write_durably(tmp, manifest.to_json())
-    os.replace(tmp, Path(path) / MANIFEST)
-    fsync_dir(path)
+    write_durably(Path(path) / MANIFEST, manifest.to_json())
 
 
-def write_durably(tmp: Path, text: str) -> None:
-    """Write and fsync a temporary file; on failure remove it (nothing half-written stays behind)."""
+def write_durably(final: Path, text: str) -> str:
+    """Replace `final` by a file holding `text`, atomically and durably (files.staged); its
+    checksum. The manifest and the label and text files it lists are all written here."""
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with staged(final) as tmp:
+            with open(tmp, "w") as f:
+                f.write(text)
+            digest = checksum(tmp)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise disk_error(e, tmp.parent) from None
-
-
-def disk_error(e: OSError, where: Path) -> Exception:
-    """A full disk is the user's to fix: one sentence, committed data intact, rerun to resume."""
-    if e.errno == errno.ENOSPC:
-        return UserError(f"the disk holding {where} is full; what was committed is intact, free space and "
-                         "run the same command again to resume.")  # fmt: skip
-    return e
+        raise disk_error(e, final.parent) from None
+    return digest
 
 
 def update_manifest(path: Path, change: Callable[[Manifest], None]) -> Manifest:
@@ -161,10 +153,24 @@ def _locked(lock_file: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable: without this a power cut can undo it."""
-    fd = os.open(path, os.O_RDONLY)
+def drop_shards(path: Path, split: str, names: Sequence[str]) -> None:
+    """Forget damaged shards: the next extraction with the same arguments encodes them again."""
+    update_manifest(path, lambda m: [m.splits[split].shards.pop(n, None) for n in names])
+
+
+def take_lock(path: Path):
+    """The writer lock of the cache at `path` (flock on its LOCK file, released by the kernel even
+    on SIGKILL), or a refusal naming the process that holds it. Held while the file stays open."""
+    f = open(path / LOCK, "a+")  # noqa: SIM115 (the open file is the lock: held for the writer's lifetime)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"cache {path} is being written by {holder}; wait for it to finish.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f

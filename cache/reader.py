@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ytune.cache.backends import ShardArrays, get_backend, is_whole
+from ytune.cache.backends import ShardArrays, get_backend
+from ytune.cache.files import is_whole
 from ytune.cache.format import TEXTS, decode
 from ytune.cache.identity import Identity, resolve_index
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
@@ -41,9 +42,7 @@ class Example:
 class Batch:
     features: torch.Tensor  # [B, T, layers, hidden], zero-padded
     mask: torch.Tensor  # [B, T] bool, True on real tokens
-    labels: dict[
-        str, torch.Tensor
-    ]  # column -> [B]: int64 classes (-1 unknown) or float32 targets (nan unknown)
+    labels: dict[str, torch.Tensor]  # column -> [B]: int64 classes (-1 unknown), float32 targets (nan)
     rows: torch.Tensor  # [B] int64
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -107,8 +106,10 @@ class Cache:
             doc = json.loads(file.read_text())
             doc["values"]  # noqa: B018 (present, or the file is damaged)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"label file {split}/labels/{file.name} of cache {self.path} is missing or damaged "
-                            f"({type(e).__name__}); attach the labels again or run ytune cache verify.") from None  # fmt: skip
+            raise UserError(
+                f"label file {split}/labels/{file.name} of cache {self.path} is missing or damaged "
+                f"({type(e).__name__}); attach the labels again or run ytune cache verify."
+            ) from None
         if meta.kind == "classification":
             values = np.array([-1 if v is None else v for v in doc["values"]], dtype=np.int64)
         else:
@@ -116,18 +117,18 @@ class Cache:
         vectors = np.asarray(doc["vectors"], dtype=np.float32) if "vectors" in doc else None
         return LabelColumn(column, meta.kind, meta.names, meta.metrics, values, vectors)
 
-    def texts(self, split: str) -> tuple[list[str], list[str] | None] | None:
-        """The split's texts and second texts (None for pairs of single texts) in row order; None
-        for a cache extracted before texts were kept."""
-        if self._record(split).texts is None:
-            return None
+    def texts(self, split: str) -> tuple[list[str], list[str] | None]:
+        """The split's texts and second texts (None for a task of single texts) in row order."""
+        self._record(split)  # a split the cache does not hold is one sentence
         file = self.path / split / TEXTS
         try:
             doc = json.loads(file.read_text())
             return doc["texts"], doc["pairs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{split}/{TEXTS} of cache {self.path} is missing or damaged ({type(e).__name__}); "
-                            "run ytune cache verify.") from None  # fmt: skip
+            raise UserError(
+                f"{split}/{TEXTS} of cache {self.path} is missing or damaged ({type(e).__name__}); "
+                "run ytune cache verify."
+            ) from None
 
     def _record(self, split: str) -> SplitRecord:
         try:
@@ -296,8 +297,8 @@ class SplitReader:
     ) -> Iterator[Batch]:
         """Batches of `batch_size` examples. Shuffled examples are gathered in pools of BUCKET
         batches, each pool sorted by length, cut, and its batches shuffled: batches stay random
-        but hold rows of similar length, so padding (measured: 65% of the tokens without
-        this) nearly vanishes. Unshuffled shards are length-sorted already."""
+        but hold rows of similar length, so padding nearly vanishes (measured in RESULTS.md 2).
+        Unshuffled shards are length-sorted already."""
         dtype = self.cache.identity.dtype
         examples = self._examples(shards, layers, rng, buffer_size, keep)
         pool_size = batch_size * (BUCKET if rng is not None else 1)
@@ -346,8 +347,8 @@ class SplitReader:
 def collate(examples: Sequence[tuple[np.ndarray, int]], columns: dict[str, LabelColumn], dtype: str) -> Batch:
     """Pad (stored features, row) pairs to the longest one; labels gathered by source row.
 
-    Padding is done in numpy on the stored bits and decoded once at the end: measured here, numpy's
-    slice copies were 10x faster than torch's for these many small float16 blocks.
+    Padding is done in numpy on the stored bits and decoded once at the end: for these many small
+    float16 blocks numpy's slice copies are much faster than torch's (measured in RESULTS.md 2).
     """
     longest = max(len(f) for f, _ in examples)
     first = examples[0][0]

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ytune.cache.format import MANIFEST, TMP_PREFIX, default_root
+from ytune.cache.files import checksum, remove, size_on_disk, staged
+from ytune.cache.format import MANIFEST, default_root
 from ytune.cache.manifest import Manifest
 from ytune.errors import UserError
 
@@ -93,9 +92,8 @@ def limit_bytes() -> int:
 
 
 def mirror(url: str) -> Path:
-    """The local mirror of the cache at `url`, its manifest, label and text files brought up to date."""
-    from ytune.cache.backends import checksum
-
+    """The local mirror of the cache at `url`, its manifest, label and text files brought up to date.
+    Nothing in a mirror is fsynced: whatever a power cut loses is fetched again."""
     fs, root = filesystem(url)
     text = _cat(fs, f"{root}/{MANIFEST}", url).decode()
     manifest = Manifest.from_json(text, Path(url) / MANIFEST)
@@ -111,18 +109,15 @@ def mirror(url: str) -> Path:
         if local.exists() and checksum(local) == digest:
             continue
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f"{TMP_PREFIX}{local.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(_cat(fs, f"{root}/{name}", url))
-        if checksum(tmp) != digest:
-            tmp.unlink()
-            raise UserError(
-                f"{name} of {url} does not match its manifest checksum; run ytune cache verify {url}."
-            )
-        os.replace(tmp, local)
+        with staged(local, durable=False) as tmp:
+            tmp.write_bytes(_cat(fs, f"{root}/{name}", url))
+            if checksum(tmp) != digest:
+                raise UserError(
+                    f"{name} of {url} does not match its manifest checksum; run ytune cache verify {url}."
+                )
     for name, content in ((REMOTE, json.dumps({"url": url.rstrip("/")})), (MANIFEST, text)):
-        tmp = path / f"{TMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(content)
-        os.replace(tmp, path / name)  # other processes of this machine may be reading the mirror
+        with staged(path / name, durable=False) as tmp:  # other processes may be reading the mirror
+            tmp.write_text(content)
     return path
 
 
@@ -192,21 +187,19 @@ class Fetcher:
                     self._pending[final] = self._pool.submit(self._fetch, split, name, bytes_, digest)
 
     def _fetch(self, split: str, name: str, bytes_: int, digest: str) -> None:
-        from ytune.cache.backends import checksum
-
         final = self.path / split / name
         try:
             self._make_room(final, bytes_)
-            tmp = final.with_name(f"{TMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}")
-            try:
-                self.fs.get(f"{self.root}/{split}/{name}", str(tmp), recursive=True)
-            except Exception as e:
-                raise store_error(e, f"{self.url}/{split}/{name}") from None
-            if checksum(tmp) != digest:
-                _remove(tmp)
-                raise UserError(f"shard {split}/{name} of {self.url} does not match its manifest checksum "
-                                f"(damaged or replaced); run ytune cache verify {self.url}.")  # fmt: skip
-            os.replace(tmp, final)
+            with staged(final, durable=False) as tmp:
+                try:
+                    self.fs.get(f"{self.root}/{split}/{name}", str(tmp), recursive=True)
+                except Exception as e:
+                    raise store_error(e, f"{self.url}/{split}/{name}") from None
+                if checksum(tmp) != digest:
+                    raise UserError(
+                        f"shard {split}/{name} of {self.url} does not match its manifest checksum "
+                        f"(damaged or replaced); run ytune cache verify {self.url}."
+                    )
         finally:
             with self._lock:
                 self._pending.pop(final, None)
@@ -215,8 +208,6 @@ class Fetcher:
     def _make_room(self, final: Path, incoming: int) -> None:
         """Delete the least recently used shards (of every mirror) not in use, until `incoming`
         more bytes fit under the limit beside the downloads in flight."""
-        from ytune.cache.backends import size_on_disk
-
         limit = limit_bytes()
         with self._lock:
             shards = [p for p in mirror_root().glob("*/*/shard-*") if p.exists()]
@@ -228,12 +219,5 @@ class Fetcher:
                     break
                 if p in self._pinned:
                     continue
-                _remove(p)
+                remove(p)
                 total -= used[p]
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -1,15 +1,17 @@
 """Managing caches as a whole: list, describe, verify, remove (the `ytune cache` verbs).
 
-Listing and describing read manifests only; the shard backends (zarr, h5py, numpy) are imported
-by the verbs that open shards, so `ytune cache ls` starts in a fraction of a second."""
+These verbs read manifests and check files; none opens a shard, so none imports the shard backends
+(zarr, h5py, numpy) and `ytune cache ls` starts in a fraction of a second."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
-from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name
-from ytune.cache.manifest import Manifest, read_manifest
+from ytune.cache.files import checksum, size_on_disk
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name, shard_suffix
+from ytune.cache.manifest import Manifest, drop_shards, read_manifest, take_lock
 from ytune.cache.remote import REMOTE, filesystem, is_url, mirror, store_error, url_of
 from ytune.errors import UserError
 
@@ -109,9 +111,6 @@ def verify(path: Path, drop: bool = False) -> list[str]:
     label or text file (empty when the cache is sound). Planned shards the manifest does not list are
     named too. `drop` takes damaged shards out of the manifest, so that rerunning the extraction
     rebuilds just them."""
-    from ytune.cache.backends import checksum, get_backend, size_on_disk
-    from ytune.cache.writer import drop_shards, take_lock
-
     m = read_manifest(path)
     if url_of(path):
         if drop:
@@ -119,7 +118,7 @@ def verify(path: Path, drop: bool = False) -> list[str]:
                 "--drop works on caches on local disk; extract to the store again to rebuild shards."
             )
         return verify_remote(path, m)
-    suffix = get_backend(m.backend).suffix
+    suffix = shard_suffix(m.backend)
     problems = []
     for split, record in m.splits.items():
         damaged = []
@@ -153,13 +152,9 @@ def verify(path: Path, drop: bool = False) -> list[str]:
 
 def verify_remote(path: Path, m: Manifest) -> list[str]:
     """`verify` of a cache in a store: every object listed is downloaded afresh and checked."""
-    import tempfile
-
-    from ytune.cache.backends import checksum, get_backend
-
     url = url_of(path)
     fs, root = filesystem(url)
-    suffix, problems = get_backend(m.backend).suffix, []
+    suffix, problems = shard_suffix(m.backend), []
     for split, record in m.splits.items():
         objects = {f"{name}{suffix}": shard.checksum for name, shard in sorted(record.shards.items())}
         objects.update(record.small_files())
@@ -246,7 +241,5 @@ def remove(path: Path) -> None:
             fs.rm(root, recursive=True)
         except Exception as e:  # fsspec back ends raise their own types
             raise store_error(e, url) from None
-    from ytune.cache.writer import take_lock
-
     take_lock(path).close()
     shutil.rmtree(path)

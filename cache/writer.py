@@ -1,7 +1,7 @@
 """Writing a cache: plan a split into shards, commit each shard atomically, attach labels.
 
 This is the whole write path `extract/` uses. The rules that make a killed job safe to rerun:
-a shard is written under a temporary name, fsynced, checksummed and renamed, and only then recorded
+a shard is written under a temporary name, checksummed, fsynced and renamed, and only then recorded
 in the manifest, which is itself replaced atomically. On reopening, anything the manifest does not
 list is rubbish from an interrupted run and is removed; the plan is deterministic, so the job
 resumes at the first missing shard and ends bit-identical to an uninterrupted one.
@@ -9,30 +9,27 @@ resumes at the first missing shard and ends bit-identical to an uninterrupted on
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from ytune.cache.backends import ShardSink, checksum, fsync_tree, get_backend, is_whole, size_on_disk
-from ytune.cache.format import DEFAULT_SHARD_BYTES, LOCK, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
+from ytune.cache.backends import ShardSink, get_backend
+from ytune.cache.files import checksum, disk_error, fingerprint, is_whole, remove, size_on_disk, staged
+from ytune.cache.format import DEFAULT_SHARD_BYTES, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
     LabelRecord,
     Manifest,
     ShardRecord,
     SplitRecord,
-    disk_error,
-    fsync_dir,
+    drop_shards,
     read_manifest,
+    take_lock,
     update_manifest,
     write_durably,
     write_manifest,
@@ -83,10 +80,7 @@ def plan_shards(
 
 
 def plan_digest(plan: Sequence[ShardPlan]) -> str:
-    digest = hashlib.sha256()
-    for shard in plan:
-        digest.update(shard.rows.tobytes() + b"|" + shard.lengths.tobytes() + b";")
-    return digest.hexdigest()[:16]
+    return fingerprint(shard.rows.tobytes() + b"|" + shard.lengths.tobytes() + b";" for shard in plan)
 
 
 class CacheWriter:
@@ -152,7 +146,8 @@ class CacheWriter:
         text_fingerprint: str,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         truncated: int = 0,
-        texts: tuple[Sequence[str], Sequence[str] | None] | None = None,
+        *,
+        texts: tuple[Sequence[str], Sequence[str] | None],
     ) -> list[ShardPlan]:
         """Plan `split` and record it; a split already recorded must match text and plan.
 
@@ -160,40 +155,50 @@ class CacheWriter:
         later can be joined to the cached rows by text (`ytune cache label`) and errors can quote
         a row; they cost a few bytes per token next to kilobytes of features."""
         hidden_bytes = numpy_dtype(self.identity.dtype).itemsize * len(self.identity.layers)
-        bytes_per_token = hidden_bytes * int(self.manifest().info.get("hidden_size", 1))
+        manifest = self.manifest()
+        bytes_per_token = hidden_bytes * int(manifest.info.get("hidden_size", 1))
         plan = plan_shards(lengths, bytes_per_token, shard_bytes)
+        digest = plan_digest(plan)
+        # Checked before texts.json is written, so a refused split leaves the cached texts alone;
+        # checked again under the manifest lock, where ranks of one job may race.
+        self._check_replan(split, manifest.splits.get(split), text_fingerprint, digest)
         record = SplitRecord(
             rows=len(lengths),
             tokens=int(np.sum(lengths)),
             text_fingerprint=text_fingerprint,
-            plan=plan_digest(plan),
+            plan=digest,
             num_shards=len(plan),
+            texts=self._write_texts(split, texts),
             truncated=truncated,
         )
-        (self.path / split).mkdir(exist_ok=True)
-        if texts is not None:
-            doc = {"texts": list(texts[0]), "pairs": None if texts[1] is None else list(texts[1])}
-            record.texts = self._write_json(self.path / split / TEXTS, doc)
 
         def add(manifest: Manifest) -> None:
-            old = manifest.splits.get(split)
-            if old is not None and old.texts is None and old.text_fingerprint == text_fingerprint:
-                old.texts = record.texts  # a cache from before texts were kept gains them on resume
-            if old is None:
-                manifest.splits[split] = record
-            elif old.text_fingerprint != text_fingerprint:
-                raise UserError(
-                    f"split {split!r} of cache {self.path} was extracted from other texts; "
-                    "give the dataset another name or use another cache directory."
-                )
-            elif old.plan != record.plan:
-                raise UserError(
-                    f"split {split!r} of cache {self.path} was planned with another shard size; "
-                    f"rerun with the shard size it was started with."
-                )
+            self._check_replan(split, manifest.splits.get(split), text_fingerprint, digest)
+            manifest.splits.setdefault(split, record)
 
         update_manifest(self.path, add)
         return plan
+
+    def _check_replan(self, split: str, old: SplitRecord | None, text_fingerprint: str, plan: str) -> None:
+        """A split already recorded may be planned again (a resumed job) only from the same texts,
+        cut into the same shards."""
+        if old is None:
+            return
+        if old.text_fingerprint != text_fingerprint:
+            raise UserError(
+                f"split {split!r} of cache {self.path} was extracted from other texts; "
+                "give the dataset another name or use another cache directory."
+            )
+        if old.plan != plan:
+            raise UserError(
+                f"split {split!r} of cache {self.path} was planned with another shard size; "
+                f"rerun with the shard size it was started with."
+            )
+
+    def _write_texts(self, split: str, texts: tuple[Sequence[str], Sequence[str] | None]) -> str:
+        (self.path / split).mkdir(exist_ok=True)
+        doc = {"texts": list(texts[0]), "pairs": None if texts[1] is None else list(texts[1])}
+        return _write_json(self.path / split / TEXTS, doc)
 
     def committed(self, split: str) -> set[str]:
         """Shards of `split` in the manifest and whole on disk. A listed shard that is missing or
@@ -223,8 +228,7 @@ class CacheWriter:
 
     def open_shard(self, split: str, shard: ShardPlan, hidden: int) -> ShardWriting:
         """Start one planned shard under a temporary name; nothing is visible until `commit`."""
-        final = self._shard_path(split, shard.name)
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+        stage = staged(self._shard_path(split, shard.name))
         attrs = {
             "dtype": self.identity.dtype,
             "layers": list(self.identity.layers),
@@ -235,11 +239,13 @@ class CacheWriter:
         shape = (shard.tokens, len(self.identity.layers), hidden)
         dtype = numpy_dtype(self.identity.dtype)
         try:
-            sink = self.backend.create(tmp, shape, dtype, shard.offsets, shard.rows.astype(np.int64), attrs)
+            sink = self.backend.create(
+                stage.tmp, shape, dtype, shard.offsets, shard.rows.astype(np.int64), attrs
+            )
         except OSError as e:
-            _remove(tmp)
+            stage.abort()
             raise disk_error(e, self.path) from None
-        return ShardWriting(self, split, shard, tmp, final, sink, shape, dtype)
+        return ShardWriting(self, split, shard, stage, sink, shape, dtype)
 
     def set_labels(
         self,
@@ -270,20 +276,9 @@ class CacheWriter:
         }
         if vectors is not None:
             doc["vectors"] = np.asarray(vectors, dtype=np.float32).tolist()
-        digest = self._write_json(label_dir / f"{column}.json", doc)
+        digest = _write_json(label_dir / f"{column}.json", doc)
         label = LabelRecord(kind=kind, names=doc["names"], metrics=list(metrics), checksum=digest)
         update_manifest(self.path, lambda m: m.splits[split].labels.__setitem__(column, label))
-
-    @staticmethod
-    def _write_json(final: Path, doc: dict) -> str:
-        """Write `doc` to `final` durably and atomically (ranks writing the same file race safely);
-        its checksum."""
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-        write_durably(tmp, json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
-        digest = checksum(tmp)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        return digest
 
     def _remove_uncommitted(self) -> None:
         """Delete temporaries and shards the manifest does not list: what a killed run left."""
@@ -293,9 +288,9 @@ class CacheWriter:
             for item in [*split_dir.iterdir(), *(split_dir / "labels").glob(f"{TMP_PREFIX}*")]:
                 listed = record is not None and item.name.removesuffix(self.backend.suffix) in record.shards
                 if item.name.startswith(TMP_PREFIX) or (item.name.startswith("shard-") and not listed):
-                    _remove(item)
+                    remove(item)
         for item in self.path.glob(f"{TMP_PREFIX}*"):
-            _remove(item)
+            remove(item)
 
     def close(self) -> None:
         if self._lock is not None:
@@ -312,14 +307,22 @@ class CacheWriter:
 class ShardWriting:
     """A shard between open_shard and commit: its features arrive batch by batch, in stored order.
 
-    Committing is the protocol of the module docstring: finish and fsync the files, checksum,
-    rename to the final name, then record it in the manifest. A failed append or commit removes the
-    temporary files, so a full disk leaves nothing behind.
+    Committing is the protocol of the module docstring: finish the files, checksum them, fsync and
+    rename them to the final name (files.staged), then record the shard in the manifest. A failed
+    append or commit removes the temporary files, so a full disk leaves nothing behind.
     """
 
-    def __init__(self, writer: CacheWriter, split: str, shard: ShardPlan, tmp: Path, final: Path,
-                 sink: ShardSink, shape: tuple[int, ...], dtype: np.dtype) -> None:  # fmt: skip
-        self.writer, self.split, self.shard, self.tmp, self.final = writer, split, shard, tmp, final
+    def __init__(
+        self,
+        writer: CacheWriter,
+        split: str,
+        shard: ShardPlan,
+        stage: staged,
+        sink: ShardSink,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> None:
+        self.writer, self.split, self.shard, self.stage = writer, split, shard, stage
         self.sink, self.shape, self.dtype = sink, shape, dtype
 
     def append(self, features: np.ndarray) -> None:
@@ -330,29 +333,34 @@ class ShardWriting:
                 f"shard {self.shard.name}: features {features.shape} {features.dtype}, expected "
                 f"(n,) + {self.shape[1:]} {self.dtype}"
             )
-        self._guard(self.sink.append, features)
+        with self._guarded():
+            self.sink.append(features)
 
     def commit(self) -> ShardRecord:
-        self._guard(self.sink.close)
-        self._guard(fsync_tree, self.tmp)
-        record = ShardRecord(
-            rows=len(self.shard.rows), tokens=self.shard.tokens, bytes=size_on_disk(self.tmp),
-            checksum=checksum(self.tmp),
-        )  # fmt: skip
-        _remove(self.final)  # an uncommitted leftover of a killed run (the manifest never listed it)
-        os.rename(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        tmp = self.stage.tmp
+        with self._guarded():
+            self.sink.close()
+            record = ShardRecord(
+                rows=len(self.shard.rows),
+                tokens=self.shard.tokens,
+                bytes=size_on_disk(tmp),
+                checksum=checksum(tmp),
+            )
+            remove(self.stage.final)  # an uncommitted leftover of a killed run (the manifest never listed it)
+            self.stage.commit()
         name, split = self.shard.name, self.split
         update_manifest(self.writer.path, lambda m: m.splits[split].shards.__setitem__(name, record))
         return record
 
     def abort(self) -> None:
         self.sink.release()
-        _remove(self.tmp)
+        self.stage.abort()
 
-    def _guard(self, fn, *args) -> None:
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Abort the shard when the block fails; a full disk becomes one sentence."""
         try:
-            fn(*args)
+            yield
         except OSError as e:
             self.abort()
             raise disk_error(e, self.writer.path) from None
@@ -361,29 +369,7 @@ class ShardWriting:
             raise
 
 
-def drop_shards(path: Path, split: str, names: Sequence[str]) -> None:
-    """Forget damaged shards: the next extraction with the same arguments encodes them again."""
-    update_manifest(path, lambda m: [m.splits[split].shards.pop(n, None) for n in names])
-
-
-def take_lock(path: Path):
-    f = open(path / LOCK, "a+")  # noqa: SIM115 (held open for the writer's lifetime: the open file is the lock)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"cache {path} is being written by {holder}; wait for it to finish.") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}")
-    f.flush()
-    return f
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def _write_json(final: Path, doc: dict) -> str:
+    """Write `doc` to `final` durably and atomically (ranks writing the same file race safely);
+    its checksum."""
+    return write_durably(final, json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":")))

@@ -237,8 +237,12 @@ def test_cache_verbs_on_the_command_line(tmp_path):
     assert "float16" in ls.stdout and "layers " in ls.stdout  # two caches of one dataset tell apart
     before = subprocess.run([*cli, "--cache-dir", str(tmp_path), "ls"], capture_output=True, text=True)
     assert before.stdout == ls.stdout  # the root given before the verb is the same root
-    piped = subprocess.run(f"{sys.executable} -m ytune.cli cache info {path} | head -1", shell=True,
-                           capture_output=True, text=True)  # fmt: skip
+    piped = subprocess.run(
+        f"{sys.executable} -m ytune.cli cache info {path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert piped.stdout == "{\n" and "Traceback" not in piped.stderr
     info = subprocess.run(
         [*cli, "info", path.name, "--cache-dir", str(tmp_path)], capture_output=True, text=True
@@ -264,7 +268,8 @@ def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monk
         w = CacheWriter(
             tmp_path / how, cache_job.identity("float16"), backend, info={"hidden_size": cache_job.HIDDEN}
         )
-        shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30)[0]
+        texts = [f"toy row {i}" for i in range(len(lengths))]
+        shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30, texts=(texts, None))[0]
         block = encode(
             torch.cat(
                 [cache_job.features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]

@@ -28,7 +28,7 @@ from ytune import (  # noqa: E402  # noqa: E402
     open_cache,  # noqa: E402
     train,
 )
-from ytune.cache.backends import size_on_disk  # noqa: E402
+from ytune.cache.files import size_on_disk  # noqa: E402
 from ytune.cache.remote import set_storage_options  # noqa: E402
 
 CLI = [sys.executable, "-m", "ytune.cli"]
@@ -91,8 +91,8 @@ def s3fs_of(endpoint: str):
 
 def run_cli(s3: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **CREDENTIALS, **(env or {})}
-    return subprocess.run([*CLI, *args, "--storage-option", f"endpoint_url={s3}"], capture_output=True, text=True,
-                          env=env)  # fmt: skip
+    command = [*CLI, *args, "--storage-option", f"endpoint_url={s3}"]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
 
 
 def quick(**kw) -> TrainConfig:
@@ -154,8 +154,10 @@ def test_a_damaged_object_is_named_by_verify_and_refused_by_train(s3, published,
     try:
         verify = run_cli(s3, "cache", "verify", url, env={"YTUNE_SHARD_CACHE": str(shard_cache)})
         assert verify.returncode == 2 and "train/shard-00001.zarr: checksum mismatch" in verify.stdout
-        trained = run_cli(s3, "train", "--cache", url, "--epochs", "1", "--width", "32", "--heads", "2",
-                          "--out", str(tmp_path / "r"), env={"YTUNE_SHARD_CACHE": str(shard_cache)})  # fmt: skip
+        args = ["train", "--cache", url, "--epochs", "1", "--width", "32", "--heads", "2"]
+        trained = run_cli(
+            s3, *args, "--out", str(tmp_path / "r"), env={"YTUNE_SHARD_CACHE": str(shard_cache)}
+        )
         assert trained.returncode == 2 and "Traceback" not in trained.stderr
         assert "shard train/shard-00001.zarr of s3://" in trained.stderr and "checksum" in trained.stderr
         assert not list(shard_cache.glob("*/train/shard-00001.zarr"))  # never kept
@@ -183,20 +185,20 @@ def test_no_bucket_no_credentials_and_no_server_are_one_sentence(s3, tmp_path, g
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     nowhere = {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
     env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS} | nowhere
-    bare = subprocess.run([*CLI, "cache", "ls", "--cache-dir", "s3://caches/glue", "--storage-option", f"endpoint_url={s3}"],
-                          capture_output=True, text=True, env=env)  # fmt: skip
+    ls = [*CLI, "cache", "ls", "--cache-dir", "s3://caches/glue", "--storage-option"]
+    bare = subprocess.run([*ls, f"endpoint_url={s3}"], capture_output=True, text=True, env=env)
     assert bare.returncode == 2 and "credentials" in bare.stderr and "Traceback" not in bare.stderr, (
         bare.stderr
     )
     local = tmp_path / "local"
-    nobucket = run_cli(s3, "extract", "--task", "sst2", "--data-dir", str(glue),
-                       "--limit", "4", "--cache-dir", "s3://nosuchbucket/c", env={"YTUNE_CACHE": str(local)})  # fmt: skip
+    args = ["extract", "--task", "sst2", "--data-dir", str(glue), "--limit", "4"]
+    nobucket = run_cli(s3, *args, "--cache-dir", "s3://nosuchbucket/c", env={"YTUNE_CACHE": str(local)})
     assert nobucket.returncode == 2 and "nosuchbucket" in nobucket.stderr and not local.exists(), (
         nobucket.stderr
     )
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    gone = subprocess.run([*CLI, "cache", "ls", "--cache-dir", "s3://caches/glue", "--storage-option", f"endpoint_url={closed}"],
-                          capture_output=True, text=True, env={**os.environ, **CREDENTIALS})  # fmt: skip
+    credentials = {**os.environ, **CREDENTIALS}
+    gone = subprocess.run([*ls, f"endpoint_url={closed}"], capture_output=True, text=True, env=credentials)
     assert (
         gone.returncode == 2
         and "cannot reach s3://caches/glue" in gone.stderr
@@ -205,16 +207,22 @@ def test_no_bucket_no_credentials_and_no_server_are_one_sentence(s3, tmp_path, g
 
 
 def test_torchrun_ranks_publish_the_cache_one_process_makes(s3, glue, tmp_path):
-    args = ["extract", "--task", "sst2", "--data-dir", str(glue), "--split", "validation", "--limit", "60",
-            "--shard-mb", "0.2", "--layers", "-1", "--storage-option", f"endpoint_url={s3}"]  # fmt: skip
+    args = ["extract", "--task", "sst2", "--data-dir", str(glue), "--split", "validation", "--limit", "60"]
+    args += ["--shard-mb", "0.2", "--layers", "-1", "--storage-option", f"endpoint_url={s3}"]
     env = {**os.environ, **CREDENTIALS, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([*CLI, *args, "--cache-dir", "s3://caches/one"], capture_output=True, text=True,
-                         env={**env, "YTUNE_CACHE": str(tmp_path / "one")})  # fmt: skip
+    one = subprocess.run(
+        [*CLI, *args, "--cache-dir", "s3://caches/one"],
+        capture_output=True,
+        text=True,
+        env={**env, "YTUNE_CACHE": str(tmp_path / "one")},
+    )
     assert one.returncode == 0, one.stderr
     # Each rank stages in its own folder, as ranks on different machines would.
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(free_port()), "-m", "ytune.cli", *args, "--cache-dir", "s3://caches/two", "--device", "cpu"],
-                         capture_output=True, text=True, env={**env, "YTUNE_CACHE": str(tmp_path / "two")})  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    cli = [str(free_port()), "-m", "ytune.cli", *args, "--cache-dir", "s3://caches/two", "--device", "cpu"]
+    two = subprocess.run(
+        [*torchrun, *cli], capture_output=True, text=True, env={**env, "YTUNE_CACHE": str(tmp_path / "two")}
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     cache_id = one.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
     assert two.stdout.strip().splitlines()[-1] == f"s3://caches/two/{cache_id}"
@@ -235,8 +243,8 @@ def test_a_label_column_attached_to_a_store_cache_is_read_back_from_the_store(
     labels = tmp_path / "long.csv"
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([("sentence", "long"), *((t, len(t.split()) > 12) for t in texts)])
-    out = run_cli(s3, "cache", "label", url, "--split", "validation", "--file", str(labels), "--name", "long",
-                  "--text-field", "sentence", "--label-field", "long")  # fmt: skip
+    args = ["cache", "label", url, "--split", "validation", "--file", str(labels), "--name", "long"]
+    out = run_cli(s3, *args, "--text-field", "sentence", "--label-field", "long")
     assert out.returncode == 0 and url in out.stdout, out.stderr
     monkeypatch.setenv("YTUNE_SHARD_CACHE", str(tmp_path / "elsewhere"))  # another machine: a fresh mirror
     column = open_cache(url).labels("validation", "long")
