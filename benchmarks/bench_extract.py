@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, markdown_table, write_json  # noqa: E402
 
 from ytune import ExtractConfig, extract, load_glue  # noqa: E402
+from ytune.cache import files  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
 from ytune.cache.format import DEFAULT_SHARD_BYTES, numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
@@ -126,10 +127,10 @@ class Probe:
             (writer_mod.ShardWriting, "append", "append"),
             (writer_mod.ShardWriting, "commit", "commit"),
             (CacheWriter, "close", "close cache"),
-            (writer_mod, "fsync_tree", "fsync files"),
+            (files, "fsync_tree", "fsync files"),
             (writer_mod, "checksum", "checksum"),
             (writer_mod, "size_on_disk", "size_on_disk"),
-            (writer_mod, "fsync_dir", "fsync_dir"),
+            (files, "fsync_dir", "fsync_dir"),
             (writer_mod, "update_manifest", "update_manifest"),
             (writer_mod, "write_manifest", "write_manifest"),
         ]

@@ -66,8 +66,8 @@ from torch import nn
 from ytune import ExtractConfig, ExtractResult, HeadSpec, TrainConfig, extract, train
 from ytune.cache.reader import BUCKET
 from ytune.extract.data import TextDataset
-from ytune.extract.glue import GLUE_TASKS
 from ytune.extract.encoder import resolve_model
+from ytune.extract.glue import GLUE_TASKS
 from ytune.extract.pipeline import TRUNCATION, Tokenized, pad, tokenize
 from ytune.train.config import KIND_DEFAULTS
 from ytune.train.metrics import compute_metrics

@@ -204,7 +204,7 @@ def _plan(
             text_fingerprint(split),
             cfg.shard_bytes,
             tok.truncated,
-            (split.texts, split.pairs),
+            texts=(split.texts, split.pairs),
         )
         if split.labels is not None and writer.exclusive:
             writer.set_labels(

@@ -307,22 +307,6 @@ def test_a_label_file_that_misses_or_contradicts_cached_rows_is_refused_with_the
     assert open_cache(sst2_copy).manifest.splits["train"].labels.keys() == {"sst2"}  # nothing attached
 
 
-def test_a_cache_from_before_kept_texts_joins_labels_by_row(sst2_copy, tmp_path, glue):
-    from ytune.cache.manifest import update_manifest
-
-    update_manifest(sst2_copy, lambda m: setattr(m.splits["train"], "texts", None))
-    (sst2_copy / "train" / "texts.json").unlink()
-    texts = load_glue("sst2", ["train"], glue, limit=300).splits["train"].texts
-    assert (
-        label_cli(
-            sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "a.csv", texts))
-        ).returncode
-        == 0
-    )
-    out = label_cli(sst2_copy, "--split", "train", "--file", str(size_file(tmp_path / "b.csv", texts[::-1])))
-    assert out.returncode == 2 and "row for row" in out.stderr and "(300 rows)" in out.stderr
-
-
 def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
     column = open_cache(sst2).labels("train", "sst2")
     assert column.vectors.shape == (2, 2, 384)  # negative/positive through the encoder, layers 5 and 6
