@@ -9,30 +9,46 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, load_glue, train
 from ytune.cache.store import summary
 
 
-def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train_rows: int | None = 20000,
-             epochs: int = 3, log=print) -> dict:  # fmt: skip
-    """Returns the table's rows; `log` gets progress lines."""
-    data = load_glue("sst2", ["train", "validation"], data_dir, limit=train_rows)
-    data.splits["validation"] = load_glue("sst2", ["validation"], data_dir).splits["validation"]
-    log(
-        f"extracting SST-2 ({len(data.splits['train'])} training rows, {len(data.splits['validation'])} validation rows)"
-    )
-    result = extract(data, ExtractConfig(cache_dir=cache_dir))
-    reused = result.rows == 0
-    log(f"cache {result.path}: " + ("reused, nothing extracted" if reused else result.summary()))
+@dataclass
+class DemoConfig:
+    """What `ytune demo` runs; its flags are read off the fields that carry help."""
+
+    data_dir: str | None = None  # a local GLUE folder; None: $YTUNE_GLUE_DIR, else the hub
+    cache_dir: str | None = None  # None: ytune's cache root
+    out: str = field(default="runs/demo", metadata={"help": "folder for the heads"})
+    train_rows: int = field(default=20000, metadata={"help": "training rows to use, 0 for all"})
+    epochs: int = field(default=3, metadata={"help": "passes over the training rows"})
+
+
+def demo_cache(cfg: DemoConfig, log=print):
+    """SST-2's first `cfg.train_rows` training rows and its whole validation split, and their
+    cache: extracted, or reused when there. `log` gets progress lines."""
+    data = load_glue("sst2", ["train", "validation"], cfg.data_dir, limit=cfg.train_rows or None)
+    data.splits["validation"] = load_glue("sst2", ["validation"], cfg.data_dir).splits["validation"]
+    rows = f"{len(data.splits['train'])} training rows, {len(data.splits['validation'])} validation rows"
+    log(f"extracting SST-2 ({rows})")
+    result = extract(data, ExtractConfig(cache_dir=cfg.cache_dir))
+    log(f"cache {result.path}: " + ("reused, nothing extracted" if result.rows == 0 else result.summary()))
+    return data, result
+
+
+def demo_heads(cfg: DemoConfig, data, result, log=print) -> dict:
+    """Train a Y-Tuning head and the linear probe in one pass over the cache `demo_cache` gave;
+    returns the table's rows."""
     start = time.perf_counter()
-    # The probe at its own best learning rate (1e-3 measured against 5e-4): the comparison is fair.
+    # The probe at its own best learning rate (measured against the head's): the comparison is fair.
     specs = [HeadSpec("ytuning"), HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)]
-    metrics = train(result.path, specs, TrainConfig(epochs=epochs), out, log=log)
+    metrics = train(result.path, specs, TrainConfig(epochs=cfg.epochs), cfg.out, log=log)
     seconds = time.perf_counter() - start
     params = {
-        s.name: json.loads((Path(out) / s.name / "metrics.json").read_text())["tunable_parameters"]
+        s.name: json.loads((Path(cfg.out) / s.name / "metrics.json").read_text())["tunable_parameters"]
         for s in specs
     }
     return {
@@ -40,11 +56,11 @@ def run_demo(data_dir: str | None, cache_dir: str | None, out: str | Path, train
         "accuracy": {n: m["accuracy"] for n, m in metrics.items()},
         "parameters": params,
         "extract_seconds": result.seconds,
-        "cache_reused": reused,
+        "cache_reused": result.rows == 0,
         "train_seconds": seconds,
-        "epochs": epochs,
+        "epochs": cfg.epochs,
         "cache": str(result.path),
-        "out": str(out),
+        "out": str(cfg.out),
         "cache_mb": summary(result.path)["bytes"] / 1e6,
     }
 

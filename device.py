@@ -1,6 +1,9 @@
-"""The hardware choices every stage makes the same way: the device, autocast, tokens per batch."""
+"""The hardware choices every stage makes the same way: the device, autocast, tokens per batch, and
+the process-wide CPU settings a program makes once before training."""
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 
@@ -22,3 +25,24 @@ def autocast(device: torch.device, mode: str = "bf16"):
 def batch_tokens(device: torch.device, given: int | None = None) -> int:
     """Padded tokens per encoder call: `given`, else what fills a GPU, or a CPU's caches."""
     return given or (32768 if device.type == "cuda" else 4096)
+
+
+def configure_cpu(threads: int) -> None:
+    """Settings of the whole process for training heads on a CPU, made by the program that runs
+    (the `ytune` command, a benchmark), never by the library behind a user's back: `threads` torch
+    threads, and glibc told to keep freed blocks."""
+    torch.set_num_threads(threads)
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 256 MB for reuse. By default it maps each large block
+    afresh and unmaps it when freed, so every step's weight-sized gradients and activations fault
+    their pages in again (measured in benchmarks/RESULTS.md 3). Glibc only (elsewhere nothing
+    changes); memory stays bounded by the 512 MB trim."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD

@@ -6,7 +6,9 @@ read off these dataclasses so that a new field is a new setting everywhere at on
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,10 +20,13 @@ LAYER_MIXES = ("softmax", "ladder", "last")
 POOLS = ("mean", "first")
 LABEL_INITS = ("random", "names")
 SKIPS = ("none", "pooled")
-# Defaults measured best with all-MiniLM-L6-v2 (benchmarks/RESULTS.md), per kind of task. Classification
-# (SST-2, MRPC, CoLA): 384 wide, 2 blocks, lr 5e-4 (SST-2: 0.856-0.859; 256 x 2 0.834, 512 x 2 0.836,
-# 384 x 1 0.851). Regression (STS-B, seeds 0-2): 256 wide, 1 block, lr 1e-3, Pearson 0.809-0.815,
-# where the classification default gives 0.789-0.797 (it fits the 5,749 pairs too closely).
+# How hidden states are written, transformers' numbering (0: the embeddings, negatives from the end).
+LAYERS_SYNTAX = (
+    "one index (-1), a range (-4:-1, both ends included), or several joined by + or commas (0+3+6, -2,-1)"
+)
+# Defaults measured best with all-MiniLM-L6-v2, per kind of task: classification on SST-2, MRPC and
+# CoLA, regression on STS-B, where the classification default fits the few pairs too closely
+# (benchmarks/RESULTS.md 5a).
 KIND_DEFAULTS = {
     "classification": {"width": 384, "blocks": 2, "lr": 5e-4},
     "regression": {"width": 256, "blocks": 1, "lr": 1e-3},
@@ -29,32 +34,43 @@ KIND_DEFAULTS = {
 HEAD_DIM = 64  # attention heads default to width // 64 (6 at 384, 4 at 256), the transformer convention
 
 
+def by_kind(key: str) -> str:
+    """A default that depends on the kind of task, as a help text shows it: "384; regression 256"."""
+    (_, first), *rest = KIND_DEFAULTS.items()
+    return "; ".join([f"{first[key]:g}", *(f"{kind} {values[key]:g}" for kind, values in rest)])
+
+
 @dataclass
 class HeadConfig:
     """Everything that determines a head's architecture; stored as JSON next to its weights."""
 
-    head_type: str = field(default="ytuning", metadata={"choices": HEAD_TYPES, "help": "(default: ytuning)"})
+    head_type: str = field(default="ytuning", metadata={"choices": HEAD_TYPES, "help": "the head's design"})
     kind: str = "classification"  # "classification" | "regression"
     num_labels: int = 2  # regression always has 1 (set automatically)
     num_layers_in: int = 1  # L, cached layers the head sees
     hidden_in: int = 384  # H, encoder width
     # None: the kind's measured default (KIND_DEFAULTS).
-    width: int | None = field(default=None, metadata={"help": "head width (default: 384; regression 256)"})
+    width: int | None = field(default=None, metadata={"help": "head width", "default": by_kind("width")})
     blocks: int | None = field(
-        default=None, metadata={"help": "label-attention blocks (default: 2; regression 1)"}
+        default=None, metadata={"help": "label-attention blocks", "default": by_kind("blocks")}
     )
-    # None: the largest divisor of the width up to width // HEAD_DIM
     heads: int | None = field(
-        default=None, metadata={"help": "attention heads (default: width // 64: 6 at 384, 4 at 256)"}
+        default=None,
+        metadata={
+            "help": "attention heads",
+            "default": f"the largest divisor of the width up to width // {HEAD_DIM}",
+        },
     )
-    ffn_mult: int = field(default=2, metadata={"help": "feed-forward width / head width (default: 2)"})
-    dropout: float = field(default=0.1, metadata={"help": "(default: 0.1)"})
+    ffn_mult: int = field(default=2, metadata={"help": "feed-forward width / head width"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the head"})
     # "softmax": learned softmax-weighted sum of the L layers, then LayerNorm; "ladder": block i
     # cross-attends to layer min(i, L-1); "last": only the last layer.
-    layer_mix: str = field(default="softmax", metadata={"choices": LAYER_MIXES, "help": "(default: softmax)"})
+    layer_mix: str = field(
+        default="softmax",
+        metadata={"choices": LAYER_MIXES, "help": "how the head combines the cached layers"},
+    )
     pool: str = field(
-        default="mean",
-        metadata={"choices": POOLS, "help": "probe pooling: over real tokens, or the first (default: mean)"},
+        default="mean", metadata={"choices": POOLS, "help": "probe pooling: over real tokens, or the first"}
     )
     label_init: str = field(
         default="random",
@@ -129,9 +145,14 @@ class HeadSpec:
     """One head to train: its name, the label column it learns, its architecture and optimiser."""
 
     name: str = "ytuning"
-    label: str | None = None  # label column; None: the cache's only column
+    label: str | None = field(
+        default=None, metadata={"help": "label column to learn", "default": "the one extraction attached"}
+    )
     config: dict = field(default_factory=dict)  # HeadConfig fields (width, blocks, head_type, ...)
-    layers: Sequence[int] | None = None  # hidden states (negatives from the end); None: all cached
+    # hidden states, negatives from the end; None: all cached
+    layers: Sequence[int] | None = field(
+        default=None, metadata={"help": "hidden states to read", "default": "all cached"}
+    )
     lr: float | None = None  # None: TrainConfig.lr, else the head kind's default
     weight_decay: float | None = None
 
@@ -140,22 +161,27 @@ class HeadSpec:
 FROM_CACHE = {"kind", "num_labels", "num_layers_in", "hidden_in"}
 
 
-def _setting_types() -> dict[str, type]:
-    """Every head setting and the type its values parse to, read off HeadSpec and HeadConfig."""
-    types = {}
-    for f in [*dataclasses.fields(HeadSpec), *dataclasses.fields(HeadConfig)]:
-        if f.name in FROM_CACHE or f.name == "config":
-            continue
-        hint = str(f.type)
-        types[f.name] = (
-            list if f.name == "layers" else float if "float" in hint else int if "int" in hint else str
-        )
-    return types
+def value_type(f: dataclasses.Field) -> type:
+    """What a setting's text parses to, read off its field's type: hidden states (a list), a
+    number, or a word."""
+    hint = str(f.type)
+    return (
+        list
+        if hint.startswith("Sequence[int]")
+        else float
+        if "float" in hint
+        else int
+        if "int" in hint
+        else str
+    )
 
 
-SETTINGS = _setting_types()
-# The HeadConfig fields the `train` command offers as flags (--width, --label-init, ...).
-CONFIG_FLAGS = [f for f in dataclasses.fields(HeadConfig) if "help" in f.metadata]
+# Every head setting (--head and --sweep keys) and the type its values parse to.
+SETTINGS = {
+    f.name: value_type(f)
+    for f in [*dataclasses.fields(HeadSpec), *dataclasses.fields(HeadConfig)]
+    if f.name not in FROM_CACHE and f.name != "config"
+}
 
 
 SELECT_ON = ("validation", "holdout")
@@ -164,29 +190,48 @@ HOLDOUT = "holdout"  # the name the held-out slice's metrics go by in logs and m
 
 @dataclass
 class TrainConfig:
+    """How heads are trained; the `train` command's flags are read off the fields with help."""
+
     # None: by the training set's size (default_epochs). The best epoch is kept: more epochs cost
     # time, never accuracy.
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float | None = None  # None: the head kind's measured default (model.KIND_DEFAULTS)
-    weight_decay: float = 0.01
+    epochs: int | None = field(
+        default=None,
+        metadata={"help": "passes over the training split", "default": "by its size, more for a smaller one"},
+    )
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    lr: float | None = field(
+        default=None, metadata={"help": "peak learning rate", "default": f"the head kind's, {by_kind('lr')}"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW's weight decay"})
     warmup: float = 0.06  # share of the steps spent warming up
     clip: float = 1.0
-    seed: int = 0
-    patience: int = 0  # epochs without improvement before a head stops; 0: never
-    train_split: str = "train"
-    eval_split: str = "validation"
+    seed: int = field(
+        default=0,
+        metadata={"help": "seeds the heads' initial weights, the data's order and the held-out rows"},
+    )
+    patience: int = field(
+        default=0, metadata={"help": "stop a head after N epochs without improvement, 0 for never"}
+    )
+    train_split: str = field(default="train", metadata={"help": "the split to train on"})
+    eval_split: str = field(default="validation", metadata={"help": "the split to evaluate on"})
     # Where each head's best epoch is chosen: "validation" (the evaluation split, GLUE-dev style), or
     # "holdout": a seeded slice of the training split that no head trains on (see holdout_rows); the
     # evaluation split is then read once, at the end, for the chosen checkpoints. None: holdout for a
     # sweep (whose winner is chosen there too: a dozen heads would flatter a small validation
     # split), validation otherwise.
-    select_on: str | None = None
-    device: str | None = None
-    workers: int = 0  # DataLoader worker processes reading the cache; 0: a prefetch thread
-    # Torch threads on CPU. Heads are small: a second thread gained 15% on an idle 2-core machine
-    # but cost 30x when the cores were busy (every tiny op waits for a free core), so 1 by default.
-    threads: int = 1
+    select_on: str | None = field(
+        default=None,
+        metadata={
+            "choices": SELECT_ON,
+            "help": "choose each head's best epoch (and a sweep's winner) on the evaluation split or on "
+            "held-out training rows",
+            "default": "holdout for a sweep, else validation",
+        },
+    )
+    device: str | None = None  # None: cuda if available (the commands' --device)
+    workers: int = field(
+        default=0, metadata={"help": "DataLoader processes reading the cache (0: a prefetch thread)"}
+    )
     buffer_size: int = 4096  # shuffle buffer, in examples
     progress: bool | None = None
 
@@ -196,18 +241,22 @@ class TrainConfig:
 
 
 def parse_layers(text: str) -> list[int]:
-    """Hidden states: `-1`; a range `-4:-1` (both ends included); a list `0+3+6`."""
+    """Hidden states as a user writes them (LAYERS_SYNTAX), for `extract --layers`, `train --layers`
+    and the `layers` head setting alike. Inside --head and --sweep values commas separate settings
+    and values, so there + joins."""
     out: list[int] = []
+    parts = [p for p in re.split(r"[\s,+]+", text.strip()) if p]
     try:
-        for part in text.split("+"):
+        for part in parts or [""]:
             a, colon, b = part.partition(":")
             first, last = int(a), int(b) if colon else int(a)
             if (first < 0) != (last < 0) or first > last:
                 raise ValueError
             out += range(first, last + 1)
     except ValueError:
-        raise UserError(f"layers {text!r}: write one index (-1), a range with both ends of one sign (-4:-1), "
-                        "or indices joined by + (0+3+6).") from None  # fmt: skip
+        raise UserError(
+            f"layers {text!r}: write {LAYERS_SYNTAX}, a range with both ends of one sign."
+        ) from None
     return out
 
 
@@ -270,3 +319,39 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
             raise UserError(f"--sweep {key} lists a value twice: {values}.")
         grid[key] = texts
     return grid
+
+
+def add_flags(parser, cls) -> None:
+    """A flag for each field of the dataclass `cls` whose metadata has help: `--max-length` for
+    max_length (or the metadata's "flag"), its type and choices read off the field ("type",
+    "action" and "metavar" in the metadata go to argparse as they are), its help ending in the
+    default: the field's own, or the metadata's "default" where it is computed. A flag stays None
+    unless given, so that the field's default applies (`given`)."""
+    for f in dataclasses.fields(cls):
+        meta, kind = f.metadata, value_type(f)
+        if "help" not in meta:
+            continue
+        shown = meta.get("default", f.default)
+        text = meta["help"] + (f": {LAYERS_SYNTAX}, or -2 -1" if kind is list else "")
+        text += "" if shown is None else f" (default: {shown})"
+        parse = {"type": _layers_arg, "nargs": "+"} if kind is list else {"type": kind}
+        parse.update((key, meta[key]) for key in ("type", "action", "metavar") if key in meta)
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        parser.add_argument(flag, dest=f.name, choices=meta.get("choices"), help=text, **parse)
+
+
+def given(cls, args: argparse.Namespace) -> dict:
+    """The settings of `cls` that the command line gave (add_flags), as `cls` takes them."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name) if "help" in f.metadata else None
+        if value is not None:  # `--layers -2 -1`: a list from each argument
+            out[f.name] = [i for group in value for i in group] if value_type(f) is list else value
+    return out
+
+
+def _layers_arg(text: str) -> list[int]:
+    try:
+        return parse_layers(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
