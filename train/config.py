@@ -247,7 +247,7 @@ def parse_layers(text: str) -> list[int]:
     out: list[int] = []
     parts = [p for p in re.split(r"[\s,+]+", text.strip()) if p]
     try:
-        for part in parts or [""]:
+        for part in parts:  # none: an empty list, which the stage refuses with its own reason
             a, colon, b = part.partition(":")
             first, last = int(a), int(b) if colon else int(a)
             if (first < 0) != (last < 0) or first > last:
@@ -255,7 +255,7 @@ def parse_layers(text: str) -> list[int]:
             out += range(first, last + 1)
     except ValueError:
         raise UserError(
-            f"layers {text!r}: write {LAYERS_SYNTAX}, a range with both ends of one sign."
+            f"layers {text!r}: write {LAYERS_SYNTAX}; a range has both ends of one sign, the lower first."
         ) from None
     return out
 
