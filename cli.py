@@ -20,7 +20,7 @@ from ytune.cache import store
 from ytune.demo import DemoConfig
 from ytune.errors import UserError
 from ytune.extract.config import DataSource, ExtractConfig
-from ytune.extract.data import load_files
+from ytune.extract.files import load_files
 from ytune.train.config import SETTINGS, HeadConfig, HeadSpec, TrainConfig, add_flags, given, parse_grid
 
 # Only argparse and torch-free ytune modules at import: torch, transformers and the
@@ -186,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     Metrics of trained heads on a labelled split of any cache in their feature space; the last
     stdout line is a JSON object of metrics."""
-    from ytune.train.trainer import evaluate
+    from ytune.train.evaluate import evaluate
 
     path = store.resolve(args.cache, args.cache_dir)
     configure_process(args.device, args.threads)

@@ -81,10 +81,7 @@ def attach_labels(
 def join_by_text(cache: Cache, split: str, file: str, given: LabelledRows) -> list:
     """The file's label for each cached row of `split`, matched by text; runs of whitespace count as
     one space (SST-2's cached texts end in one that a cleaned copy drops)."""
-    cached = cache.texts(split)
-    if cached is None:
-        raise UserError(f"cache {store.where(cache.path)} has no texts of split {split!r}; extract it again.")
-    texts, pairs = cached
+    texts, pairs = cache.texts(split)
     if (pairs is None) != (given.pairs is None):
         fix = (
             "drop --text-pair-field"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES
 from ytune.errors import UserError
-from ytune.extract.data import GLUE_TASKS
+from ytune.extract.glue import GLUE_TASKS
 
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("zarr", "hdf5")
@@ -72,8 +72,10 @@ class DataSource:
     )
 
     def load(self):
-        """The dataset these name (ytune.extract.data's loaders), only the splits asked for."""
-        from ytune.extract.data import load_files, load_glue, load_hf
+        """The dataset these name, only the splits asked for."""
+        from ytune.extract.files import load_files
+        from ytune.extract.glue import load_glue
+        from ytune.extract.hf import load_hf
 
         if self.data and self.dataset:
             raise UserError("give --data files or a --dataset, not both.")
