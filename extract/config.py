@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES
+from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES, SUFFIXES
 from ytune.errors import UserError
 from ytune.extract.glue import GLUE_TASKS
 
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
-BACKENDS = ("zarr", "hdf5")
 AUTOCAST_MODES = ("bf16", "fp16", "none")
 GLUE_SPLITS = ("train", "validation")  # what a GLUE task's extraction caches unless told
 
@@ -130,7 +129,7 @@ class ExtractConfig:
     )
     max_length: int = field(default=128, metadata={"help": "tokens per row, longer rows truncated"})
     dtype: str = field(default="float16", metadata={"choices": DTYPES, "help": "storage dtype"})
-    backend: str = field(default="zarr", metadata={"choices": BACKENDS, "help": "shard format"})
+    backend: str = field(default="zarr", metadata={"choices": tuple(SUFFIXES), "help": "shard format"})
     cache_dir: str | Path | None = (
         None  # root of caches (or an fsspec URL); None: $YTUNE_CACHE or ~/.cache/ytune
     )

@@ -24,8 +24,10 @@ def two_tasks(sst2, tmp_path_factory):
         sst2, tmp_path_factory.mktemp("copy") / sst2.name
     )  # the shared cache stays as it is
     cache = open_cache(sst2)
-    lengths = {s: np.array([int(cache.split(s)[r].features.shape[0] > 20) for r in range(len(cache.split(s)))])
-               for s in ("train", "validation")}  # fmt: skip
+    lengths = {
+        s: np.array([int(cache.split(s)[r].features.shape[0] > 20) for r in range(len(cache.split(s)))])
+        for s in ("train", "validation")
+    }
     with CacheWriter(sst2.parent, cache.identity, cache.manifest.backend) as w:
         for split, values in lengths.items():
             w.set_labels(split, "long", values.tolist(), "classification", ["short", "long"], ["accuracy"])
@@ -79,8 +81,20 @@ def test_cli_predict_prints_one_json_line_per_input(two_tasks, tmp_path):
     (tmp_path / "in.jsonl").write_text(
         "\n".join(json.dumps({"text": t}) for t in ["a joy", "a bore", "fine"]) + "\n"
     )
-    out = subprocess.run([*CLI, "predict", "--head", str(two_tasks[0]), "--head", str(two_tasks[1]),
-                          "--input", str(tmp_path / "in.jsonl")], capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            "--head",
+            str(two_tasks[0]),
+            "--head",
+            str(two_tasks[1]),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["text"] for line in lines] == ["a joy", "a bore", "fine"]
@@ -97,8 +111,20 @@ def test_cli_predict_prints_one_json_line_per_input(two_tasks, tmp_path):
 
 
 def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, glue):
-    args = [*CLI, "demo", "--data-dir", str(glue), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
-            "--train-rows", "400", "--epochs", "1"]  # fmt: skip
+    args = [
+        *CLI,
+        "demo",
+        "--data-dir",
+        str(glue),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--out",
+        str(tmp_path / "r"),
+        "--train-rows",
+        "400",
+        "--epochs",
+        "1",
+    ]
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert (
@@ -112,7 +138,11 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, glue):
 def test_demo_without_data_says_where_to_point_it(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("YTUNE_GLUE_DIR", None)
-    out = subprocess.run([*CLI, "demo", "--data-dir", str(tmp_path / "none"), "--cache-dir", str(tmp_path)],
-                         capture_output=True, text=True, env=env)  # fmt: skip
+    out = subprocess.run(
+        [*CLI, "demo", "--data-dir", str(tmp_path / "none"), "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 2 and "--data-dir" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
