@@ -243,9 +243,7 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     flags["path"].add_argument("path", help=CACHE_HELP)
     flags["device"].add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     flags["threads"].add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    flags["heads"].add_argument(
-        "--head", action="append", required=True, help="trained head folder (repeatable)"
-    )
+    flags["heads"].add_argument("--head", action="append", required=True, help="a head's folder (repeatable)")
     flags["glue"].add_argument("--data-dir", help="GLUE folder (default: $YTUNE_GLUE_DIR, else the hub)")
     return flags
 

@@ -32,8 +32,8 @@ class LabelTask(Protocol):
 
     name: str
     kind: str
-    label_names: list[str] | None
-    metrics: list[str]
+    label_names: Sequence[str] | None
+    metrics: Sequence[str]
 
 
 def label_files(items: Sequence[str], splits: Sequence[str] | None) -> dict[str, str]:

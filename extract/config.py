@@ -15,8 +15,6 @@ from ytune.extract.glue import GLUE_TASKS
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 AUTOCAST_MODES = ("bf16", "fp16", "none")
 GLUE_SPLITS = ("train", "validation")  # what a GLUE task's extraction caches unless told
-
-
 MB = 1 << 20
 
 
@@ -26,6 +24,7 @@ def megabytes(text: str) -> int:
 
 
 def comma_list(text: str) -> list[str]:
+    """`--split train,validation`."""
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
@@ -102,6 +101,9 @@ class DataSource:
 
 @dataclass
 class ExtractConfig:
+    """What an extraction is asked to do: the encoder, the hidden states it keeps and how they are
+    stored."""
+
     model: str | None = field(
         default=None,
         metadata={
@@ -130,9 +132,8 @@ class ExtractConfig:
     max_length: int = field(default=128, metadata={"help": "tokens per row, longer rows truncated"})
     dtype: str = field(default="float16", metadata={"choices": DTYPES, "help": "storage dtype"})
     backend: str = field(default="zarr", metadata={"choices": tuple(SUFFIXES), "help": "shard format"})
-    cache_dir: str | Path | None = (
-        None  # root of caches (or an fsspec URL); None: $YTUNE_CACHE or ~/.cache/ytune
-    )
+    # root of caches (or an fsspec URL); None: $YTUNE_CACHE or ~/.cache/ytune (the commands' --cache-dir)
+    cache_dir: str | Path | None = None
     batch_tokens: int | None = field(
         default=None,
         metadata={"help": "padded tokens per encoder call", "default": "what fills a GPU, or a CPU's caches"},

@@ -1,7 +1,9 @@
-"""What a head is, apart from how it computes: its configuration, the spec of a head to train,
-and the settings a user may give it (`--head KEY=VALUE`, `--sweep KEY=...`, the head flags), all
-read off these dataclasses so that a new field is a new setting everywhere at once. No torch here:
-`ytune --help` builds its flags from this module in a fraction of a second.
+"""What a head is, apart from how it computes: its configuration, the spec of a head to train, how
+heads train, and the settings a user may give them (`--head KEY=VALUE`, `--sweep KEY=...`, the
+flags), all read off these dataclasses so that a new field is a new setting everywhere at once.
+`add_flags` and `given` turn any settings dataclass's fields into command-line flags and back
+(ExtractConfig's too), and `parse_layers` reads hidden states the one way every command writes
+them. No torch here: `ytune --help` builds its flags from this module in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -165,15 +167,9 @@ def value_type(f: dataclasses.Field) -> type:
     """What a setting's text parses to, read off its field's type: hidden states (a list), a
     number, or a word."""
     hint = str(f.type)
-    return (
-        list
-        if hint.startswith("Sequence[int]")
-        else float
-        if "float" in hint
-        else int
-        if "int" in hint
-        else str
-    )
+    if hint.startswith("Sequence[int]"):
+        return list
+    return float if "float" in hint else int if "int" in hint else str
 
 
 # Every head setting (--head and --sweep keys) and the type its values parse to.
@@ -351,6 +347,7 @@ def given(cls, args: argparse.Namespace) -> dict:
 
 
 def _layers_arg(text: str) -> list[int]:
+    """parse_layers for argparse, which reports its reason as the flag's error."""
     try:
         return parse_layers(text)
     except UserError as e:
