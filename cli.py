@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -34,6 +35,21 @@ SWEEP_HELP = "sweep a setting over these values (repeatable: the grid is the pro
 LABEL_FILE_HELP = "CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare PATH the splits named by --split; repeat for several"
 
 log = partial(print, file=sys.stderr)  # what the user reads as it happens; stdout is for scripts
+
+
+class _ToStderr(logging.Handler):
+    """The library's progress lines (the `ytune` loggers, INFO and up) as plain lines on stderr, to
+    whatever sys.stderr is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_progress() -> None:
+    logger = logging.getLogger("ytune")
+    if not any(isinstance(h, _ToStderr) for h in logger.handlers):
+        logger.addHandler(_ToStderr())
+        logger.setLevel(logging.INFO)
 
 
 def storage_option(item: str) -> tuple[str, object]:
@@ -171,12 +187,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = args.out or os.path.join("runs", specs[0].label or path.name)
     configure_process(args.device, args.threads)
     if grid:
-        winner = sweep(path, specs, grid, cfg, out, resume=args.resume, log=log)
+        winner = sweep(path, specs, grid, cfg, out, resume=args.resume)
         stands = f"the winner, {winner['winner']!r}, is what {out} stands for in ytune eval and ytune predict"
         log(f"heads saved under {out}; {stands}")
         print(json.dumps(winner, sort_keys=True))
         return
-    results = train(path, specs, cfg, out, resume=args.resume, log=log)
+    results = train(path, specs, cfg, out, resume=args.resume)
     log(f"heads saved under {out}")
     print_metrics(results)
 
@@ -225,9 +241,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from ytune.demo import demo_cache, demo_heads, format_table
 
     cfg = DemoConfig(**given(DemoConfig, args), data_dir=args.data_dir, cache_dir=args.cache_dir)
-    data, cache = demo_cache(cfg, log)
+    data, cache = demo_cache(cfg)
     configure_process(None, args.threads)  # after extraction, which keeps torch's own thread count
-    print(format_table(demo_heads(cfg, data, cache, log)))
+    print(format_table(demo_heads(cfg, data, cache)))
 
 
 def shared_flags() -> dict[str, argparse.ArgumentParser]:
@@ -325,6 +341,7 @@ def joined_layer_lists(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(joined_layer_lists(sys.argv[1:] if argv is None else argv))
+    show_progress()
     try:
         if args.storage_option:
             from ytune.cache.remote import set_storage_options

@@ -8,12 +8,15 @@ extracting and training, and the cache's size.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, load_glue, train
 from ytune.cache.store import summary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,25 +30,27 @@ class DemoConfig:
     epochs: int = field(default=3, metadata={"help": "passes over the training rows"})
 
 
-def demo_cache(cfg: DemoConfig, log=print):
+def demo_cache(cfg: DemoConfig):
     """SST-2's first `cfg.train_rows` training rows and its whole validation split, and their
-    cache: extracted, or reused when there. `log` gets progress lines."""
+    cache: extracted, or reused when there."""
     data = load_glue("sst2", ["train", "validation"], cfg.data_dir, limit=cfg.train_rows or None)
     data.splits["validation"] = load_glue("sst2", ["validation"], cfg.data_dir).splits["validation"]
     rows = f"{len(data.splits['train'])} training rows, {len(data.splits['validation'])} validation rows"
-    log(f"extracting SST-2 ({rows})")
+    log.info(f"extracting SST-2 ({rows})")
     result = extract(data, ExtractConfig(cache_dir=cfg.cache_dir))
-    log(f"cache {result.path}: " + ("reused, nothing extracted" if result.rows == 0 else result.summary()))
+    log.info(
+        f"cache {result.path}: " + ("reused, nothing extracted" if result.rows == 0 else result.summary())
+    )
     return data, result
 
 
-def demo_heads(cfg: DemoConfig, data, result, log=print) -> dict:
+def demo_heads(cfg: DemoConfig, data, result) -> dict:
     """Train a Y-Tuning head and the linear probe in one pass over the cache `demo_cache` gave;
     returns the table's rows."""
     start = time.perf_counter()
     # The probe at its own best learning rate (measured against the head's): the comparison is fair.
     specs = [HeadSpec("ytuning"), HeadSpec("probe", config={"head_type": "probe"}, lr=1e-3)]
-    metrics = train(result.path, specs, TrainConfig(epochs=cfg.epochs), cfg.out, log=log)
+    metrics = train(result.path, specs, TrainConfig(epochs=cfg.epochs), cfg.out)
     seconds = time.perf_counter() - start
     params = {
         s.name: json.loads((Path(cfg.out) / s.name / "metrics.json").read_text())["tunable_parameters"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from common import environment, glue_subset, markdown_table, write_json
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, open_cache, sweep, train
+from ytune.device import configure_cpu
 from ytune.train.config import parse_grid
 from ytune.train.metrics import majority_baseline
 
@@ -47,13 +48,10 @@ def run_sweep(task: str, a: argparse.Namespace, out: Path) -> dict:
         cfg,
         out / task / "sweep",
         resume=True,
-        log=lambda m: None,
     )
     sweep_s = time.perf_counter() - start
     start = time.perf_counter()
-    alone = train(
-        ex.path, [HeadSpec("default"), PROBE], cfg, out / task / "default", resume=True, log=lambda m: None
-    )
+    alone = train(ex.path, [HeadSpec("default"), PROBE], cfg, out / task / "default", resume=True)
     report = json.loads((out / task / "sweep" / "sweep.json").read_text())
     metric = report["metric"]
     return {
@@ -112,7 +110,7 @@ def run_task(task: str, a: argparse.Namespace, out: Path) -> dict:
     specs = [HeadSpec("ytuning", config=head, lr=a.lr), HeadSpec("probe", config={"head_type": "probe"})]
     if data.task.kind == "classification":  # the same head, its label queries started at the label names
         specs.insert(1, HeadSpec("ytuning_names", config={**head, "label_init": "names"}, lr=a.lr))
-    best = train(ex.path, specs, TrainConfig(epochs=a.epochs), out / task, log=lambda m: None)
+    best = train(ex.path, specs, TrainConfig(epochs=a.epochs), out / task)
     cache = open_cache(ex.path)
     column = cache.labels("train", task)
     row = {
@@ -150,6 +148,7 @@ def main() -> None:
     p.add_argument("--results", help="with --sweep: JSON lines, one per finished task (a rerun skips those)")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
+    configure_cpu(1)  # as the `ytune` command sets it
     if a.quick:
         a.rows, a.epochs = a.rows or 2000, a.epochs or 2
     if a.sweep:

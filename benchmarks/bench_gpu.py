@@ -152,7 +152,6 @@ def head_throughput(cache: Path, k: int, out: Path, device: str) -> float:
         [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)],
         TrainConfig(epochs=1, device=device),
         out,
-        log=lambda m: None,
     )
     return json.loads((out / "h0" / "metrics.json").read_text())["history"][0]["examples_per_s"]
 

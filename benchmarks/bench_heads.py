@@ -44,8 +44,11 @@ def child(cache: str, k: int, out: str) -> None:
     """One measurement, in this process: K default heads (learning rates apart) for one epoch; K = 0
     is the stream alone. Prints {"seconds", "rss_mb"}."""
     from ytune import HeadSpec, TrainConfig, open_cache, train
+    from ytune.device import configure_cpu
     from ytune.train.build import default_label
     from ytune.train.stream import batches
+
+    configure_cpu(1)  # as the `ytune` command sets it
 
     cfg = TrainConfig(epochs=1)
     if k == 0:
@@ -57,7 +60,7 @@ def child(cache: str, k: int, out: str) -> None:
         seconds = time.perf_counter() - start
     else:
         specs = [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)]
-        train(cache, specs, cfg, out, log=lambda m: None)
+        train(cache, specs, cfg, out)
         seconds = json.loads((Path(out) / "h0" / "metrics.json").read_text())["history"][0]["seconds"]
     print(
         json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

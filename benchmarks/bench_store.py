@@ -29,6 +29,7 @@ from common import environment, write_json
 from ytune import HeadSpec, TrainConfig, train
 from ytune.cache import store
 from ytune.cache.remote import set_storage_options
+from ytune.device import configure_cpu
 
 
 def free_port() -> int:
@@ -41,9 +42,8 @@ def epochs(cache: str, out: Path, threads: int) -> list[float]:
     train(
         cache,
         [HeadSpec("ytuning")],
-        TrainConfig(epochs=2, threads=threads, progress=False),
+        TrainConfig(epochs=2, progress=False),
         out,
-        log=lambda m: None,
     )
     history = json.loads((out / "ytuning" / "metrics.json").read_text())["history"]
     return [h["seconds"] for h in history]
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
+    configure_cpu(a.threads)  # as the `ytune` command sets it
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )

@@ -35,12 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from bench_train import Baseline
 from common import environment, glue_subset, markdown_table
 from transformers import AutoConfig
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, sweep, train
+from ytune.cli import show_progress
+from ytune.device import configure_cpu
 from ytune.extract.encoder import default_layers, resolve_model
 
 HERE = Path(__file__).resolve().parent
@@ -155,8 +156,8 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
     for seed in todo:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            cfg = TrainConfig(seed=seed, threads=a.threads, progress=False)
-            won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out), log=print)
+            cfg = TrainConfig(seed=seed, progress=False)
+            won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out))
             report = json.loads((Path(out) / "sweep.json").read_text())
             m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())
         record_head(a.results, (encoder, task, "sweep", "grid", seed), data, m, time.perf_counter() - start,
@@ -189,9 +190,8 @@ def run_pass(
             train(
                 ex.path,
                 specs,
-                TrainConfig(seed=seed, threads=a.threads, progress=False),
+                TrainConfig(seed=seed, progress=False),
                 Path(out),
-                log=print,
             )
             wall = time.perf_counter() - start
             for (method, setting), spec in missing.items():
@@ -373,7 +373,8 @@ def main() -> None:
             )
         )
         return
-    torch.set_num_threads(a.threads)
+    configure_cpu(a.threads)
+    show_progress()  # the heads' progress lines, as `ytune train` shows them
     tasks, methods = a.tasks.split(","), a.methods.split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
     for task in tasks:

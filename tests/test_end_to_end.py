@@ -33,10 +33,8 @@ def two_tasks(sst2, tmp_path_factory):
             w.set_labels(split, "long", values.tolist(), "classification", ["short", "long"], ["accuracy"])
     out = tmp_path_factory.mktemp("heads")
     cfg = TrainConfig(epochs=2, batch_size=16, lr=2e-3)
-    train(
-        sst2, [HeadSpec("sentiment", "sst2", {"width": 32, "heads": 2})], cfg, out / "a", log=lambda m: None
-    )
-    train(sst2, [HeadSpec("long", "long", {"width": 32, "heads": 2})], cfg, out / "b", log=lambda m: None)
+    train(sst2, [HeadSpec("sentiment", "sst2", {"width": 32, "heads": 2})], cfg, out / "a")
+    train(sst2, [HeadSpec("long", "long", {"width": 32, "heads": 2})], cfg, out / "b")
     return [out / "a" / "sentiment", out / "b" / "long"]
 
 

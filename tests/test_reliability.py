@@ -248,7 +248,6 @@ def toy_head(toy_originals, tmp_path_factory):
         [HeadSpec("probe", config={"head_type": "probe"})],
         config,
         out,
-        log=lambda m: None,
     )
     return out / "probe"
 

@@ -96,7 +96,7 @@ def run_cli(s3: str, *args: str, env: dict | None = None) -> subprocess.Complete
 
 
 def quick(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 2, "batch_size": 16, "progress": False, "threads": 1, **kw})
+    return TrainConfig(**{"epochs": 2, "batch_size": 16, "progress": False, **kw})
 
 
 def test_training_from_the_store_equals_training_from_local_disk(s3, published, shard_cache, tmp_path):
@@ -105,11 +105,11 @@ def test_training_from_the_store_equals_training_from_local_disk(s3, published, 
     local = open_cache(url).path  # the mirror: manifest, labels, texts; shards arrive as read
     assert not list(local.glob("*/shard-*"))
     head = [HeadSpec("y", config={"width": 32, "heads": 2, "blocks": 1})]
-    remote = train(url, head, quick(), tmp_path / "remote", log=lambda m: None)
+    remote = train(url, head, quick(), tmp_path / "remote")
     assert len(list(local.glob("train/shard-*"))) == open_cache(url).manifest.splits["train"].num_shards
     on_disk = tmp_path / "disk" / local.name
     s3fs_of(s3).get(url.removeprefix("s3://"), str(on_disk), recursive=True)
-    assert train(on_disk, head, quick(), tmp_path / "disk-run", log=lambda m: None) == remote
+    assert train(on_disk, head, quick(), tmp_path / "disk-run") == remote
 
 
 def test_cache_verbs_read_the_store(s3, published, shard_cache):

@@ -101,9 +101,9 @@ def test_stacked_heads_train_as_they_would_one_at_a_time(sst2, tmp_path):
     cfg = quick(select_on="holdout")
     batch = next(iter(batches(open_cache(sst2).split("validation"), cfg, [], [0, 1], shuffle=False)))
     features, mask = batch.features, batch.mask
-    together = train(sst2, specs, cfg, tmp_path / "together", log=lambda m: None)
+    together = train(sst2, specs, cfg, tmp_path / "together")
     for spec in specs:
-        alone = train(sst2, [spec], cfg, tmp_path / spec.name, log=lambda m: None)
+        alone = train(sst2, [spec], cfg, tmp_path / spec.name)
         for k, v in alone[spec.name].items():
             assert together[spec.name][k] == pytest.approx(v, abs=0.011)  # 200 rows: at most 2 answers apart
         # The same function learned: class probabilities agree (parameters that softmax ignores, such
@@ -121,7 +121,7 @@ def test_stacked_heads_train_as_they_would_one_at_a_time(sst2, tmp_path):
 def test_a_sweep_of_two_shapes_reports_every_head_and_names_an_honest_winner(sst2, tmp_path):
     grid = parse_grid(["width=32,64", "lr=1e-3,3e-3"])
     base = [HeadSpec("ytuning", config={"heads": 2, "dropout": 0.0})]
-    winner = sweep(sst2, base, grid, quick(), tmp_path, log=lambda m: None)  # holdout by default
+    winner = sweep(sst2, base, grid, quick(), tmp_path)  # holdout by default
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["selected_on"] == "holdout" and report["metric"] == "accuracy"
     assert [h["name"] for h in report["heads"]] == [

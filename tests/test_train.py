@@ -38,7 +38,6 @@ def test_a_head_trains_and_leaves_a_complete_checkpoint(sst2, tmp_path):
         [HeadSpec("yt", config={"width": 64, "heads": 2})],
         quick(epochs=3),
         tmp_path,
-        log=lambda m: None,
     )
     best = results["yt"]
     assert set(best) == {"accuracy"} and 0.5 < best["accuracy"] <= 1.0
@@ -64,9 +63,9 @@ def test_k_heads_in_one_pass_equal_k_separate_runs(sst2, tmp_path):
         HeadSpec("b", config={"width": 64, "heads": 4, "blocks": 2, "dropout": 0.0}, lr=1e-3),
         HeadSpec("c", config={"head_type": "probe", "dropout": 0.0}, layers=[-2]),
     ]
-    together = train(sst2, specs, quick(), tmp_path / "together", log=lambda m: None)
+    together = train(sst2, specs, quick(), tmp_path / "together")
     for spec in specs:
-        alone = train(sst2, [spec], quick(), tmp_path / spec.name, log=lambda m: None)
+        alone = train(sst2, [spec], quick(), tmp_path / spec.name)
         assert alone[spec.name] == together[spec.name]
         w1 = load_file(tmp_path / spec.name / spec.name / "head.safetensors")
         w2 = load_file(tmp_path / "together" / spec.name / "head.safetensors")
@@ -78,9 +77,7 @@ def test_default_epochs_show_the_heads_about_60000_examples():
 
 
 def test_checkpoint_round_trip_and_eval_reproduce_the_training_metrics(sst2, tmp_path):
-    results = train(
-        sst2, [HeadSpec("yt", config={"width": 64, "heads": 2})], quick(), tmp_path, log=lambda m: None
-    )
+    results = train(sst2, [HeadSpec("yt", config={"width": 64, "heads": 2})], quick(), tmp_path)
     head, info = load_head(tmp_path / "yt")
     assert info.label == "sst2" and info.label_names == ["negative", "positive"] and info.layers == [5, 6]
     assert evaluate([tmp_path / "yt"], sst2, "validation") == results
@@ -97,7 +94,6 @@ def test_a_head_is_refused_on_other_features_and_accepted_on_another_dataset(sst
         [HeadSpec("yt", config={"width": 32, "heads": 2})],
         quick(epochs=1),
         tmp_path,
-        log=lambda m: None,
     )
     other_rows = load_glue("sst2", ["validation"], glue, limit=50)  # another dataset, same feature space
     same_space = extract(
@@ -124,7 +120,6 @@ def test_regression_on_stsb(tmp_path, encoder, glue):
         [HeadSpec("yt", config={"width": 64, "heads": 2}, lr=3e-3), HeadSpec("default")],
         quick(epochs=3, lr=None),
         tmp_path / "r",
-        log=lambda m: None,
     )
     assert set(results["yt"]) == {"pearson", "spearman"}
     assert results["yt"]["pearson"] > 0.3  # 300 rows, 3 epochs: clearly learning, far from chance (0)
@@ -206,14 +201,14 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
 
 def test_resume_reads_no_pickle_and_refuses_other_settings(sst2, tmp_path):
     spec = [HeadSpec("y", config={"width": 32, "heads": 2, "blocks": 1})]
-    train(sst2, spec, quick(epochs=1), tmp_path / "run", log=lambda m: None)
+    train(sst2, spec, quick(epochs=1), tmp_path / "run")
     with safe_open(tmp_path / "run" / "state.safetensors", "pt") as f:  # tensors and JSON: nothing to execute
         assert json.loads(f.metadata()["state"])["epoch"] == 0 and "stacks.0.queries" in f.keys()  # noqa: SIM118
     with pytest.raises(UserError, match="other heads or settings"):  # the stream's order depends on workers
-        train(sst2, spec, quick(epochs=2, workers=1), tmp_path / "run", resume=True, log=lambda m: None)
+        train(sst2, spec, quick(epochs=2, workers=1), tmp_path / "run", resume=True)
     (tmp_path / "run" / "state.safetensors").write_bytes(b"\x80\x04 not a state")
     with pytest.raises(UserError, match="not a resumable training state"):
-        train(sst2, spec, quick(epochs=2), tmp_path / "run", resume=True, log=lambda m: None)
+        train(sst2, spec, quick(epochs=2), tmp_path / "run", resume=True)
 
 
 def label_cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
@@ -268,7 +263,6 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
         [HeadSpec("size", label="size", config={"width": 32, "heads": 2, "blocks": 1})],
         quick(epochs=8),
         tmp_path / "r",
-        log=lambda m: None,
     )
     assert results["size"]["accuracy"] > 0.8  # sentence length is easy to read off the features
     # Without a label named, heads still learn the column extraction attached.
@@ -277,7 +271,6 @@ def test_a_second_label_set_trains_without_extracting_again(sst2_copy, tmp_path,
         [HeadSpec("plain", config={"width": 32, "heads": 2})],
         quick(epochs=1),
         tmp_path / "p",
-        log=lambda m: None,
     )
     assert load_head(tmp_path / "p" / "plain")[1].label == "sst2"
     assert sorted(p.name for p in (sst2 / "train").glob("shard-*")) == shards_before
@@ -311,7 +304,7 @@ def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
     column = open_cache(sst2).labels("train", "sst2")
     assert column.vectors.shape == (2, 2, 384)  # negative/positive through the encoder, layers 5 and 6
     spec = HeadSpec("named", config={"width": 32, "heads": 2, "label_init": "names"})
-    train(sst2, [spec], quick(epochs=1, lr=0.0, weight_decay=0.0), tmp_path, log=lambda m: None)
+    train(sst2, [spec], quick(epochs=1, lr=0.0, weight_decay=0.0), tmp_path)
     head, _ = load_head(tmp_path / "named")
     with torch.no_grad():
         expected = head.proj(head.norms_in[0](torch.from_numpy(column.vectors.mean(1))[None]))  # [K = 1, ...]

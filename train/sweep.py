@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +26,8 @@ from ytune.train.checkpoint import SWEEP_FILE
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig, with_settings
 from ytune.train.plots import plot_sweep
 from ytune.train.trainer import train
+
+log = logging.getLogger(__name__)
 
 
 def expand(base: Sequence[HeadSpec], grid: Mapping[str, Sequence[str]]) -> list[tuple[HeadSpec, dict]]:
@@ -49,14 +51,13 @@ def sweep(
     cfg: TrainConfig,
     out: str | Path,
     resume: bool = False,
-    log=print,
 ) -> dict:
     """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics."""
     out = Path(out)
     cfg = dataclasses.replace(cfg, select_on=cfg.select_on or HOLDOUT)
     grown = expand(base, grid)
     start = time.perf_counter()
-    results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume, log=log)
+    results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume)
     seconds = time.perf_counter() - start
     heads, summaries = [], {}
     for spec, settings in grown:
@@ -88,7 +89,7 @@ def sweep(
         "heads": heads,
     }
     (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    print(format_table(report), file=sys.stderr)
+    log.info(format_table(report))
     plot_sweep(report, out / "sweep.png")
     return {
         "winner": winner["name"],

@@ -16,6 +16,7 @@ Its learning rate and weight decay live in its optimizer, its weights in the ban
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -41,6 +42,8 @@ from ytune.train.plots import plot_curves
 from ytune.train.state import STATE, Progress, config_key, load_state, save_state
 from ytune.train.stream import batches, default_epochs, holdout_rows
 
+log = logging.getLogger(__name__)
+
 
 def losses_of(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """Each head's mean loss, [K], from a stack's output [K, B, ...] and targets [K, B]."""
@@ -64,12 +67,12 @@ class _Training:
     """One run: the heads, stacked into a bank, their optimizers, the data, and where they are."""
 
     def __init__(
-        self, cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, out: Path, log
+        self, cache_path: str | Path, specs: Sequence[HeadSpec], cfg: TrainConfig, out: Path
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise UserError(f"head names must differ: {', '.join(names)}.")
-        self.cfg, self.out, self.log, self.key = cfg, out, log, config_key(specs, cfg)
+        self.cfg, self.out, self.key = cfg, out, config_key(specs, cfg)
         self.cache = cache = open_cache(cache_path)
         self.reader, self.eval_reader = cache.split(cfg.train_split), cache.split(cfg.eval_split)
         self.device = pick_device(cfg.device)
@@ -112,12 +115,12 @@ class _Training:
             share = ""
             if self.encoder_params:
                 share = f" ({100 * n / self.encoder_params:.2f}% of the encoder's {self.encoder_params / 1e6:.1f}M)"
-            self.log(
+            log.info(
                 f"head {name}: {info.config.head_type}, {n} tunable parameters{share}, layers {info.layers}"
             )
-        self.log(f"{self.epochs} epochs over {self.train_rows} training rows")
+        log.info(f"{self.epochs} epochs over {self.train_rows} training rows")
         if self.keep_select is not None:
-            self.log(
+            log.info(
                 f"selecting on {int(self.keep_select.sum())} held-out training rows, which no head trains on"
             )
 
@@ -142,7 +145,7 @@ class _Training:
         path = self.out / STATE
         epoch, self.step, progress = load_state(path, self.bank, self.optimizers, self.key)
         self.progress = {name: progress[name] for name in self.heads}
-        self.log(f"resuming after epoch {epoch} from {path}")
+        log.info(f"resuming after epoch {epoch} from {path}")
         return epoch + 1
 
     def save_state(self, epoch: int) -> None:
@@ -166,7 +169,7 @@ class _Training:
             score = metrics[self.heads[name].metrics[0]]
             if progress.update(epoch, score, metrics, self.cfg.patience):
                 self.save(name)
-            self.log(json.dumps({"head": name, **entry}))
+            log.info(json.dumps({"head": name, **entry}))
             with open(self.out / name / "log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
@@ -262,11 +265,10 @@ def train(
     cfg: TrainConfig,
     out: str | Path,
     resume: bool = False,
-    log=print,
 ) -> dict[str, dict]:
     """Train every head in `specs` on one stream of the cache; returns each head's metrics on the
     evaluation split at its best epoch (chosen on cfg.select_on)."""
-    run = _Training(cache_path, specs, cfg, Path(out), log)
+    run = _Training(cache_path, specs, cfg, Path(out))
     run.describe()
     first_epoch = run.resume() if resume and (Path(out) / STATE).exists() else run.start()
     for epoch in range(first_epoch, run.epochs):
