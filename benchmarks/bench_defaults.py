@@ -57,21 +57,43 @@ def main() -> None:
         if task in done:
             continue
         start = time.perf_counter()
-        *_, summary, path = ytune("extract", "--task", task, "--data-dir", a.glue,
-                                  *(["--cache-dir", a.cache_dir] if a.cache_dir else []))  # fmt: skip
+        *_, summary, path = ytune(
+            "extract",
+            "--task",
+            task,
+            "--data-dir",
+            a.glue,
+            *(["--cache-dir", a.cache_dir] if a.cache_dir else []),
+        )
         extract_s = time.perf_counter() - start
         start = time.perf_counter()
         metrics = json.loads(ytune("train", "--cache", path, "--out", f"{a.runs}/{task}")[-1])
-        row = {"task": task, "metric": METRIC[task], "value": metrics[METRIC[task]], "extract_s": round(extract_s, 1),
-               "train_s": round(time.perf_counter() - start, 1), "cache": path, "extract_summary": summary}  # fmt: skip
+        row = {
+            "task": task,
+            "metric": METRIC[task],
+            "value": metrics[METRIC[task]],
+            "extract_s": round(extract_s, 1),
+            "train_s": round(time.perf_counter() - start, 1),
+            "cache": path,
+            "extract_summary": summary,
+        }
         with a.results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[task] = row
     rows = []
     for task, r in done.items():
         before = baseline.get(task, {}).get("value", math.nan)
-        rows.append([task, r["metric"], f"{r['value']:.4f}", f"{before:.4f}", f"{r['value'] - before:+.4f}",
-                     f"{r['extract_s']:.0f}", f"{r['train_s']:.0f}"])  # fmt: skip
+        rows.append(
+            [
+                task,
+                r["metric"],
+                f"{r['value']:.4f}",
+                f"{before:.4f}",
+                f"{r['value'] - before:+.4f}",
+                f"{r['extract_s']:.0f}",
+                f"{r['train_s']:.0f}",
+            ]
+        )
     print(
         markdown_table(
             ["task", "metric", "every default", "baseline", "difference", "extract s", "train s"], rows

@@ -180,6 +180,7 @@ def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) 
         "parameters": encoder.parameters,
         "rows": rows,
         "tokens": result.tokens,
+        "bare_tokens": bare["tokens"],  # the same batches: the same real tokens as ytune's
         "build_s": round(build_s, 1),
         "ytune_tokens_per_s": round(ytune_tps, 1),
         "bare_tokens_per_s": round(bare_tps, 1),

@@ -54,8 +54,13 @@ def child(cache: str, k: int, out: str) -> None:
     if k == 0:
         c = open_cache(cache)
         start = time.perf_counter()
-        for _ in batches(c.split("train"), cfg, [default_label(c, "train")], list(range(len(c.identity.layers))),
-                         shuffle=True):  # fmt: skip
+        for _ in batches(
+            c.split("train"),
+            cfg,
+            [default_label(c, "train")],
+            list(range(len(c.identity.layers))),
+            shuffle=True,
+        ):
             pass
         seconds = time.perf_counter() - start
     else:
@@ -76,8 +81,22 @@ def measure(cache: Path, k: int, out: str, source: Path | None = None) -> dict:
         if not (shim / "ytune").exists():
             (shim / "ytune").symlink_to(source.resolve())
         env["PYTHONPATH"] = f"{shim}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    run = subprocess.run([sys.executable, str(HERE / "bench_heads.py"), "--child", str(k), "--cache", str(cache),
-                          "--out", out], capture_output=True, text=True, env=env, cwd=Path(out).parent)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "bench_heads.py"),
+            "--child",
+            str(k),
+            "--cache",
+            str(cache),
+            "--out",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(out).parent,
+    )
     if run.returncode:
         sys.exit(f"measurement K={k} failed:\n{run.stderr[-2000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])

@@ -160,9 +160,18 @@ def run_sweep(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, 
             won = sweep(ex.path, [HeadSpec("ytuning")], GRID, cfg, Path(out))
             report = json.loads((Path(out) / "sweep.json").read_text())
             m = json.loads((Path(out) / won["winner"] / "metrics.json").read_text())
-        record_head(a.results, (encoder, task, "sweep", "grid", seed), data, m, time.perf_counter() - start,
-                    winner=won["winner"], selected_on=won["selected_on"], selection=won["selection"],
-                    heads_in_pass=len(report["heads"]), heads=report["heads"])  # fmt: skip
+        record_head(
+            a.results,
+            (encoder, task, "sweep", "grid", seed),
+            data,
+            m,
+            time.perf_counter() - start,
+            winner=won["winner"],
+            selected_on=won["selected_on"],
+            selection=won["selection"],
+            heads_in_pass=len(report["heads"]),
+            heads=report["heads"],
+        )
 
 
 def run_pass(
@@ -196,8 +205,16 @@ def run_pass(
             wall = time.perf_counter() - start
             for (method, setting), spec in missing.items():
                 m = json.loads((Path(out) / spec.name / "metrics.json").read_text())
-                record_head(a.results, (encoder, task, method, setting, seed), data, m, wall,
-                            config=spec.config, layers=spec.layers, heads_in_pass=len(specs))  # fmt: skip
+                record_head(
+                    a.results,
+                    (encoder, task, method, setting, seed),
+                    data,
+                    m,
+                    wall,
+                    config=spec.config,
+                    layers=spec.layers,
+                    heads_in_pass=len(specs),
+                )
 
 
 def record_head(results: Path, key: tuple, data, m: dict, wall: float, **extra) -> None:
@@ -205,14 +222,23 @@ def record_head(results: Path, key: tuple, data, m: dict, wall: float, **extra) 
     (encoder, task, method, setting, seed), and say its headline."""
     metric = data.task.metrics[0]
     record = {
-        **dict(zip(("encoder", "task", "method", "setting", "seed"), key, strict=True)), **extra,
-        "lr": m["lr"], "weight_decay": m["weight_decay"], "train_rows": len(data.splits["train"]), "metric": metric,
-        "headline": m["validation"].get(metric, math.nan), "validation": m["validation"],
-        "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
+        **dict(zip(("encoder", "task", "method", "setting", "seed"), key, strict=True)),
+        **extra,
+        "lr": m["lr"],
+        "weight_decay": m["weight_decay"],
+        "train_rows": len(data.splits["train"]),
+        "metric": metric,
+        "headline": m["validation"].get(metric, math.nan),
+        "validation": m["validation"],
+        "best_epoch": m["best_epoch"],
+        "epochs": len(m["history"]),
         "s_per_epoch": statistics.median(h["seconds"] for h in m["history"]),
-        "tunable_parameters": m["tunable_parameters"], "encoder_parameters": m["encoder_parameters"],
-        "wall_s": wall, "history": m["history"], "environment": environment(),
-    }  # fmt: skip
+        "tunable_parameters": m["tunable_parameters"],
+        "encoder_parameters": m["encoder_parameters"],
+        "wall_s": wall,
+        "history": m["history"],
+        "environment": environment(),
+    }
     append(results, record)
     print(" ".join(map(str, key)) + f": {metric} {record['headline']:.4f}", flush=True)
 
@@ -232,15 +258,25 @@ def run_baseline(
     )
     best, headline = headline_of(fit["history"], metric)
     record = {
-        "encoder": encoder, "task": task, "method": method, "setting": setting, "seed": seed, "lr": lr,
-        "train_rows": len(data.splits["train"]), "metric": metric, "headline": headline,
+        "encoder": encoder,
+        "task": task,
+        "method": method,
+        "setting": setting,
+        "seed": seed,
+        "lr": lr,
+        "train_rows": len(data.splits["train"]),
+        "metric": metric,
+        "headline": headline,
         "validation": {k: fit["history"][best][f"validation_{k}"] for k in data.task.metrics},
-        "best_epoch": best, "epochs": EPOCHS,
+        "best_epoch": best,
+        "epochs": EPOCHS,
         "s_per_epoch": statistics.median(h["seconds"] for h in fit["history"]),
         "tunable_parameters": fit["tunable_parameters"],
         "encoder_parameters": sum(p.numel() for p in base.encoder.parameters()),
-        "wall_s_last_session": time.perf_counter() - start, "history": fit["history"], "environment": environment(),
-    }  # fmt: skip
+        "wall_s_last_session": time.perf_counter() - start,
+        "history": fit["history"],
+        "environment": environment(),
+    }
     append(a.results, record)
     checkpoint.unlink(missing_ok=True)
     print(f"{encoder} {task} {method} {setting} seed {seed}: {metric} {headline:.4f}", flush=True)
@@ -304,11 +340,30 @@ def table(path: Path) -> str:
                 cheaper.setdefault(encoder, []).append(
                     (NAMES[task], cost["lora"] / cost["Y-Tuning (last four)"])
                 )
-            rows.append([encoder, NAMES[task], mine[0]["metric"], *(cell.get(m, "-") for m in (*HEADS, "lora", "full")),
-                         *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in SHARES),
-                         " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in ("Y-Tuning (last four)", "lora", "full"))])  # fmt: skip
-    headers = ["encoder", "task", "metric", *HEADS, "LoRA r=8", "full FT", *(f"{m} % of full" for m in SHARES[:3]),
-               "LoRA % of full", "s/epoch Y / LoRA / full"]  # fmt: skip
+            rows.append(
+                [
+                    encoder,
+                    NAMES[task],
+                    mine[0]["metric"],
+                    *(cell.get(m, "-") for m in (*HEADS, "lora", "full")),
+                    *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in SHARES),
+                    " / ".join(
+                        f"{cost[m]:.0f}" if m in cost else "-"
+                        for m in ("Y-Tuning (last four)", "lora", "full")
+                    ),
+                ]
+            )
+    headers = [
+        "encoder",
+        "task",
+        "metric",
+        *HEADS,
+        "LoRA r=8",
+        "full FT",
+        *(f"{m} % of full" for m in SHARES[:3]),
+        "LoRA % of full",
+        "s/epoch Y / LoRA / full",
+    ]
     # Y's seconds: the last-four pass (the head and the probe on 4 cached layers), a pass as a user
     # runs it; the layers passes read every hidden state for 4-5 heads.
     out = markdown_table(headers, rows) + "\n"
@@ -336,13 +391,30 @@ def variants_table(path: Path, method: str) -> str:
     rows = []
     for encoder in ENCODERS:
         for task in TASKS:
-            got = {v: sorted(r["headline"] for r in runs if (r["encoder"], r["task"], r["setting"]) == (encoder, task, v))
-                   for v in settings}  # fmt: skip
+            got = {
+                v: sorted(
+                    r["headline"]
+                    for r in runs
+                    if (r["encoder"], r["task"], r["setting"]) == (encoder, task, v)
+                )
+                for v in settings
+            }
             if not got[baseline]:
                 continue
             base = statistics.median(got[baseline])
-            rows += [[encoder, NAMES[task], v, f"{statistics.median(x):.4f}", f"{x[0]:.4f}-{x[-1]:.4f}", len(x),
-                      f"{statistics.median(x) - base:+.4f}"] for v, x in got.items() if x]  # fmt: skip
+            rows += [
+                [
+                    encoder,
+                    NAMES[task],
+                    v,
+                    f"{statistics.median(x):.4f}",
+                    f"{x[0]:.4f}-{x[-1]:.4f}",
+                    len(x),
+                    f"{statistics.median(x) - base:+.4f}",
+                ]
+                for v, x in got.items()
+                if x
+            ]
     return markdown_table(["encoder", "task", called, "median", "min-max", "seeds", f"vs {baseline}"], rows)
 
 

@@ -158,8 +158,26 @@ def damage(path: Path, split: str, index: int, backend: str, how: str) -> None:
 
 def extract_args(root: Path, backend: str = "zarr", *extra) -> list:
     """A small real extraction: 40 rows of SST-2 validation, last layer, about 8 shards."""
-    return ["extract", "--task", "sst2", "--data-dir", GLUE, "--split", "validation", "--limit", "40",
-            "--shard-mb", "0.1", "--layers", "-1", "--backend", backend, "--cache-dir", root, *extra]  # fmt: skip
+    return [
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        GLUE,
+        "--split",
+        "validation",
+        "--limit",
+        "40",
+        "--shard-mb",
+        "0.1",
+        "--layers",
+        "-1",
+        "--backend",
+        backend,
+        "--cache-dir",
+        root,
+        *extra,
+    ]
 
 
 def only_path(root: Path) -> Path:
@@ -234,8 +252,21 @@ def toy(toy_originals, tmp_path):
 
 
 def train_args(cache: Path, out: Path) -> list:
-    return ["train", "--cache", cache, "--eval-split", "train", "--epochs", "1", "--head-type", "probe",
-            "--batch-size", "64", "--out", out]  # fmt: skip
+    return [
+        "train",
+        "--cache",
+        cache,
+        "--eval-split",
+        "train",
+        "--epochs",
+        "1",
+        "--head-type",
+        "probe",
+        "--batch-size",
+        "64",
+        "--out",
+        out,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -257,13 +288,17 @@ def toy_head(toy_originals, tmp_path_factory):
 
 
 KILL_POINTS = [
-    *(f"shard:{i}:{when}" for i in (0, 1, TOY_SHARDS // 2, TOY_SHARDS - 1) for when in ("before", "mid", "after-rename")),
+    *(
+        f"shard:{i}:{when}"
+        for i in (0, 1, TOY_SHARDS // 2, TOY_SHARDS - 1)
+        for when in ("before", "mid", "after-rename")
+    ),
     # manifest replaces: 1 creates the cache, 2 records the plan, 3.. commit shards, the last the labels
     *(f"manifest:{n}:before" for n in (1, 2, 3, TOY_SHARDS // 2 + 3, TOY_SHARDS + 2, TOY_SHARDS + 3)),
     *(f"manifest:{n}:after" for n in (2, 3, TOY_SHARDS + 2)),
     "labels:before",
     "labels:after",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -272,11 +307,22 @@ def kill_matrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("kills")
     jobs = {
         b: subprocess.Popen(
-            [sys.executable, str(JOB), str(root / f"{b}.json"), str(root / b), b, str(TOY_SHARD_BYTES), *KILL_POINTS],
-            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(JOB),
+                str(root / f"{b}.json"),
+                str(root / b),
+                b,
+                str(TOY_SHARD_BYTES),
+                *KILL_POINTS,
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for b in BACKENDS
-    }  # fmt: skip
+    }
     results = {}
     for backend, job in jobs.items():
         _, err = job.communicate(timeout=300)
@@ -409,8 +455,12 @@ def fill_the_disk(mp: pytest.MonkeyPatch, where: str, backend: str) -> None:
         raise AssertionError(where)
 
 
-FULL_DISK = {"shard-zarr": ("shard", "zarr"), "shard-hdf5": ("shard", "hdf5"),
-             "manifest": ("manifest", "zarr"), "labels": ("labels", "zarr")}  # fmt: skip
+FULL_DISK = {
+    "shard-zarr": ("shard", "zarr"),
+    "shard-hdf5": ("shard", "hdf5"),
+    "manifest": ("manifest", "zarr"),
+    "labels": ("labels", "zarr"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -430,8 +480,14 @@ def full_disk_runs(minilm, references, tmp_path_factory):
             tmp = temporaries(path)
             with bundled(minilm):
                 again = ytune(*extract_args(root, backend))
-            made[point] = {"failed": failed, "left": left, "tmp": tmp, "again": again, "path": path,
-                           "reference": references(backend)}  # fmt: skip
+            made[point] = {
+                "failed": failed,
+                "left": left,
+                "tmp": tmp,
+                "again": again,
+                "path": path,
+                "reference": references(backend),
+            }
         return made[point]
 
     return get
@@ -458,7 +514,7 @@ def test_a_full_disk_loses_nothing_and_the_rerun_completes(full_disk_runs, point
         "manifest",
         "labels",
     ],
-)  # fmt: skip
+)
 def test_a_full_disk_is_one_sentence_saying_so(full_disk_runs, point):
     error_line(full_disk_runs(point)["failed"], "disk", "full")
 
@@ -471,7 +527,7 @@ VERIFY_DAMAGE = [
     *((b, how) for b in BACKENDS for how in ("flipped", "truncated", "deleted")),
     ("zarr", "manifest-checksum"),
     ("zarr", "manifest-entry-removed"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("backend", "how"), VERIFY_DAMAGE)
@@ -555,9 +611,11 @@ def test_rerunning_extract_rebuilds_just_the_damaged_shard(tmp_path, references,
 MALFORMED = {
     "truncated-json": lambda p: (p / "manifest.json").write_text((p / "manifest.json").read_text()[:120]),
     "no-splits": lambda p: edit_manifest(p, lambda m: m.pop("splits")),
-    "shard-without-checksum": lambda p: edit_manifest(p, lambda m: m["splits"]["train"]["shards"]["shard-00001"].pop("checksum")),
+    "shard-without-checksum": lambda p: edit_manifest(
+        p, lambda m: m["splits"]["train"]["shards"]["shard-00001"].pop("checksum")
+    ),
     "version-not-a-number": lambda p: edit_manifest(p, lambda m: m.update(format_version="2")),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("verb", ["info", "verify", "train"])
@@ -567,7 +625,7 @@ MALFORMED = {
         "truncated-json",
         *(e for e in ("no-splits", "shard-without-checksum", "version-not-a-number")),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_manifest_is_one_sentence(toy, tmp_path, edit, verb):
     path = toy()
     MALFORMED[edit](path)
@@ -657,16 +715,40 @@ BAD_DATA = {
     "header-only-tsv": ({"train": ("h.tsv", "text\tlabel\n")}, [], ["h.tsv", "no rows"]),
     "empty-json-list": ({"train": ("e.json", "[]")}, [], ["e.json", "no rows"]),
     "empty-jsonl": ({"train": ("e.jsonl", "\n\n")}, [], ["e.jsonl", "no rows"]),
-    "empty-parquet": ({"train": ("e.parquet", {"text": pa.array([], pa.string()), "label": pa.array([], pa.string())})}, [], ["e.parquet", "no rows"]),
-    "missing-text-column": ({"train": ("t.csv", GOOD)}, ["--text-field", "sentence"], ["text column 'sentence'", "text, label"]),
+    "empty-parquet": (
+        {"train": ("e.parquet", {"text": pa.array([], pa.string()), "label": pa.array([], pa.string())})},
+        [],
+        ["e.parquet", "no rows"],
+    ),
+    "missing-text-column": (
+        {"train": ("t.csv", GOOD)},
+        ["--text-field", "sentence"],
+        ["text column 'sentence'", "text, label"],
+    ),
     "missing-label-column": ({"train": ("t.csv", GOOD)}, ["--label-field", "y"], ["label column 'y'"]),
     "empty-text": ({"train": ("t.csv", 'text,label\nok,a\n"",b\n')}, [], ["row 2", "empty text", "'text'"]),
     "whitespace-text": ({"train": ("t.csv", 'text,label\nok,a\n"  \t ",b\n')}, [], ["row 2", "empty text"]),
-    "whitespace-text-json": ({"train": ("t.json", json.dumps([{"text": "ok", "label": "a"}, {"text": "\n ", "label": "b"}]))}, [], ["row 2", "empty text"]),
-    "empty-pair": ({"train": ("t.csv", 'text,pair,label\nok,fine,a\nok," ",b\n')}, ["--text-pair-field", "pair"], ["row 2", "empty text", "'pair'"]),
-    "validation-label-not-in-train": ({"train": ("t.csv", GOOD), "validation": ("v.csv", "text,label\nok,good\nhm,awful\n")}, [], ["'awful'", "validation", "bad, good"]),
+    "whitespace-text-json": (
+        {"train": ("t.json", json.dumps([{"text": "ok", "label": "a"}, {"text": "\n ", "label": "b"}]))},
+        [],
+        ["row 2", "empty text"],
+    ),
+    "empty-pair": (
+        {"train": ("t.csv", 'text,pair,label\nok,fine,a\nok," ",b\n')},
+        ["--text-pair-field", "pair"],
+        ["row 2", "empty text", "'pair'"],
+    ),
+    "validation-label-not-in-train": (
+        {"train": ("t.csv", GOOD), "validation": ("v.csv", "text,label\nok,good\nhm,awful\n")},
+        [],
+        ["'awful'", "validation", "bad, good"],
+    ),
     "nan-target-csv": ({"train": ("r.csv", "text,label\na,1.5\nb,nan\n")}, [], ["row 2", "nan"]),
-    "nan-target-json": ({"train": ("r.json", '[{"text": "a", "label": 1.5}, {"text": "b", "label": NaN}]')}, [], ["row 2", "no label"]),
+    "nan-target-json": (
+        {"train": ("r.json", '[{"text": "a", "label": 1.5}, {"text": "b", "label": NaN}]')},
+        [],
+        ["row 2", "no label"],
+    ),
     "infinite-target": ({"train": ("r.csv", "text,label\na,1.5\nb,-inf\n")}, [], ["row 2", "infinite"]),
     "binary-named-parquet": ({"train": ("j.parquet", bytes(range(256)) * 4)}, [], ["j.parquet", "parquet"]),
     "csv-named-json": ({"train": ("c.json", GOOD)}, [], ["c.json", "json"]),
@@ -674,7 +756,7 @@ BAD_DATA = {
     "parquet-named-csv": ({"train": ("p.csv", None)}, [], ["p.csv", "csv"]),
     "no-extension": ({"train": ("data", GOOD)}, [], ["extension"]),
     "missing-file": ({"train": ("nope.csv", None)}, [], ["nope.csv", "does not exist"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD_DATA)
@@ -719,8 +801,19 @@ def test_bad_dataset_names_are_one_sentence_and_write_no_cache(tmp_path, fast, g
 def test_texts_longer_than_max_length_are_truncated_and_counted(tmp_path, fast):
     long = " ".join(["a remarkably long and winding review"] * 12)
     data = write_file(tmp_path, "t.csv", f"text,label\n{long},good\nshort,bad\n{long} again,good\n")
-    run = ytune("extract", "--data", data, "--text-field", "text", "--label-field", "label", "--max-length", "16",
-                "--cache-dir", tmp_path / "cache")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--data",
+        data,
+        "--text-field",
+        "text",
+        "--label-field",
+        "label",
+        "--max-length",
+        "16",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert run.code == 0, run.err
     summary, path = run.out.strip().splitlines()[-2:]
     assert "2 rows truncated" in summary
@@ -733,24 +826,61 @@ def test_texts_longer_than_max_length_are_truncated_and_counted(tmp_path, fast):
 
 def test_a_max_length_beyond_the_encoder_is_one_sentence_and_writes_no_cache(tmp_path, fast):
     data = write_file(tmp_path, "t.csv", "text\n" + "word " * 700 + "\nshort\n")
-    run = ytune("extract", "--data", data, "--text-field", "text", "--max-length", "1000", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--data",
+        data,
+        "--text-field",
+        "text",
+        "--max-length",
+        "1000",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     error_line(run, "max-length", "512")
     assert not (tmp_path / "cache").exists()
 
 
 def test_a_max_length_too_short_for_the_special_tokens_is_refused(tmp_path, fast):
     data = write_file(tmp_path, "t.csv", "text\na short text\nanother one\n")
-    run = ytune("extract", "--data", data, "--text-field", "text", "--max-length", "1", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--data",
+        data,
+        "--text-field",
+        "text",
+        "--max-length",
+        "1",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     error_line(run, "max-length")
     assert not (tmp_path / "cache").exists()
 
 
 def test_an_unknown_hub_model_is_one_sentence_in_a_real_process(tmp_path, glue):
     run = subprocess.run(
-        [*CLI, "extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4",
-         "--model", "no-such-org/no-such-encoder", "--cache-dir", tmp_path / "cache"],
-        env=ENV, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            *CLI,
+            "extract",
+            "--task",
+            "sst2",
+            "--data-dir",
+            glue,
+            "--split",
+            "validation",
+            "--limit",
+            "4",
+            "--model",
+            "no-such-org/no-such-encoder",
+            "--cache-dir",
+            tmp_path / "cache",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     error_line(run, "cannot load encoder", "no-such-org/no-such-encoder")
     assert not (tmp_path / "cache").exists()
 
@@ -767,17 +897,44 @@ def test_a_bad_model_folder_is_one_sentence_and_writes_no_cache(tmp_path, glue, 
         (folder / "config.json").write_text('{"model_type": "bert", ')
     elif model == "a-file":
         folder.write_text("not a model")
-    run = ytune("extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4",
-                "--model", folder, "--cache-dir", tmp_path / "cache")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--split",
+        "validation",
+        "--limit",
+        "4",
+        "--model",
+        folder,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     error_line(run, "cannot load encoder", model)
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize(("layers", "words"), [("7", ["layer 7", "0..6"]), ("-8", ["layer -8", "-7..-1"]),
-                                               ("", ["names no layer"])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("layers", "words"),
+    [("7", ["layer 7", "0..6"]), ("-8", ["layer -8", "-7..-1"]), ("", ["names no layer"])],
+)
 def test_layers_out_of_range_are_one_sentence_and_write_no_cache(tmp_path, fast, glue, layers, words):
-    run = ytune("extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4",
-                f"--layers={layers}", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--split",
+        "validation",
+        "--limit",
+        "4",
+        f"--layers={layers}",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     error_line(run, *words)
     assert not (tmp_path / "cache").exists()
 
@@ -801,8 +958,19 @@ def test_an_unwritable_cache_dir_is_one_sentence(tmp_path, fast, glue):
         blocker.chmod(0o500)
         cache_dir = blocker / "sub"
     try:
-        run = ytune("extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4",
-                    "--cache-dir", cache_dir)  # fmt: skip
+        run = ytune(
+            "extract",
+            "--task",
+            "sst2",
+            "--data-dir",
+            glue,
+            "--split",
+            "validation",
+            "--limit",
+            "4",
+            "--cache-dir",
+            cache_dir,
+        )
     finally:
         blocker.chmod(0o700)
     error_line(run, "cannot create the cache directory")
@@ -827,8 +995,9 @@ def test_a_head_from_another_feature_space_is_refused_by_predict(toy_head, fast)
 
 
 @pytest.mark.parametrize(
-    "verb", ["info", "verify", "train", "ls"],
-)  # fmt: skip
+    "verb",
+    ["info", "verify", "train", "ls"],
+)
 def test_a_newer_format_version_is_refused_and_left_unchanged(toy, toy_originals, tmp_path, verb):
     path = toy()
     shutil.copytree(
@@ -866,7 +1035,7 @@ def test_train_on_a_path_that_is_not_a_cache_is_one_sentence(tmp_path, target):
         "config-not-an-object",
         "damaged-weights",
     ],
-)  # fmt: skip
+)
 def test_eval_on_a_folder_that_is_not_a_head_is_one_sentence(toy, toy_head, tmp_path, target):
     head = tmp_path / target
     if target == "empty-folder":
@@ -913,7 +1082,18 @@ def test_a_cache_dir_url_of_an_unknown_protocol_is_refused_before_extracting(
     tmp_path, fast, glue, monkeypatch
 ):
     monkeypatch.setenv("YTUNE_CACHE", str(tmp_path / "local"))  # where URL caches are staged
-    run = ytune("extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4",
-                "--cache-dir", "nosuchproto://bucket/caches")  # fmt: skip
+    run = ytune(
+        "extract",
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--split",
+        "validation",
+        "--limit",
+        "4",
+        "--cache-dir",
+        "nosuchproto://bucket/caches",
+    )
     error_line(run, "nosuchproto")
     assert not (tmp_path / "local").exists()  # refused before any GPU time was spent
