@@ -334,13 +334,13 @@ def kill_matrix(tmp_path_factory):
 
 
 def test_the_writer_really_died_at_20_distinct_points(kill_matrix):
-    killed = [
-        (b, p)
-        for b, results in kill_matrix.items()
-        for p, r in results.items()
-        if r["killed"] == -signal.SIGKILL
-    ]
-    assert len(set(killed)) >= 20 and TOY_SHARDS >= 8
+    killed = {
+        (backend, point)
+        for backend, results in kill_matrix.items()
+        for point, r in results.items()
+        if point != "ref" and r["killed"] == -signal.SIGKILL
+    }
+    assert len(killed) >= 20 and TOY_SHARDS >= 8
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -682,7 +682,7 @@ def test_a_refused_writer_lets_go_of_the_lock(toy):
         CacheWriter(path.parent, identity, "hdf5")
     # the error is kept alive (as a notebook keeps its last one), its traceback and all: the lock is free
     CacheWriter(path.parent, identity, "zarr").close()
-    assert "hdf5" in str(refused.value)
+    assert "--backend zarr" in str(refused.value)
 
 
 def test_an_extraction_refused_at_planning_lets_go_of_the_lock(tmp_path, minilm, glue):
