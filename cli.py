@@ -213,8 +213,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     """Label new texts with one or more trained heads.
 
-    Each text goes through the encoder once and every head answers from the same features. Prints
-    one JSON object per input line."""
+    Each text goes through the encoder once and every head answers from the same features. A --head
+    folder may be a head's, a sweep's (its winner) or a run's (all its heads). Prints one JSON
+    object per input, rows counted from 1 as in error messages; an empty text is refused."""
     from ytune.predict import Predictor
 
     if args.input and args.texts:
@@ -229,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor(args.head, args.model, args.device)
     answers = predictor.predict(texts, pairs, progress=None if args.input else False)
     for i, answer in enumerate(answers):
-        item = {"row": i, "text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
+        item = {"row": i + 1, "text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
         print(json.dumps(item, ensure_ascii=False))
 
 

@@ -5,6 +5,10 @@ from ytune.predict import Predictor
     predictor = Predictor(["runs/sst2/ytuning", "runs/size/ytuning"])
     predictor.predict(["a gripping, funny film"])
     # [{"ytuning@sst2": {"label": "positive", "probabilities": {...}}, "ytuning@size": {...}}]
+
+A head folder may also be a sweep's (its winner) or a run's holding several heads (all of them,
+each answering by its name). Rows are counted from 1 in errors, as in `ytune predict`'s output and in
+the data files' errors; an empty text is refused wherever it comes from, as extraction refuses it.
 """
 
 from __future__ import annotations
@@ -23,23 +27,28 @@ from ytune.errors import UserError
 from ytune.extract.data import SplitData
 from ytune.extract.encoder import load_encoder, truncate
 from ytune.extract.pipeline import batches, run_encoder, tokenize
-from ytune.train.checkpoint import feature_differences, load_head
+from ytune.train.checkpoint import feature_differences, head_folders, load_head
 from ytune.train.model import HeadBank
 
 
 class Predictor:
     """Trained heads plus the one encoder they all need, loaded once."""
 
-    def __init__(self, head_dirs: Sequence[str | Path], model: str | None = None, device: str | None = None,
-                 batch_tokens: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        head_dirs: Sequence[str | Path],
+        model: str | None = None,
+        device: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> None:
         if not head_dirs:
             raise UserError("give at least one trained head (--head DIR).")
-        loaded = [load_head(d) for d in head_dirs]
+        folders = [h for d in head_dirs for h in head_folders(d)]
+        loaded = [load_head(d) for d in folders]
         names = [info.name for _, info in loaded]
         if len(set(names)) != len(names):
             names = [
-                f"{info.name}@{Path(d).resolve().parent.name}"
-                for (_, info), d in zip(loaded, head_dirs, strict=True)
+                f"{info.name}@{d.resolve().parent.name}" for (_, info), d in zip(loaded, folders, strict=True)
             ]
         first = Identity.from_dict(loaded[0][1].identity)
         for _, info in loaded[1:]:
@@ -71,6 +80,9 @@ class Predictor:
         """One dict per input: for each head its label and class probabilities, or its score."""
         if not texts:
             return []
+        check_texts(texts, "text")
+        if pairs:
+            check_texts(pairs, "second text")
         tok = tokenize(
             self.encoder.tokenizer,
             SplitData(list(texts), list(pairs) if pairs else None, None),
@@ -106,5 +118,15 @@ class Predictor:
             return {"score": round(float(value), 5)}
         probabilities = torch.softmax(value, -1).tolist()
         names = info.label_names or [str(i) for i in range(len(probabilities))]
-        return {"label": names[int(np.argmax(probabilities))],
-                "probabilities": {n: round(p, 5) for n, p in zip(names, probabilities, strict=True)}}  # fmt: skip
+        return {
+            "label": names[int(np.argmax(probabilities))],
+            "probabilities": {n: round(p, 5) for n, p in zip(names, probabilities, strict=True)},
+        }
+
+
+def check_texts(texts: Sequence[str], what: str) -> None:
+    """Refuse an empty or whitespace-only text, naming its row (from 1), as load_files does: the
+    encoder would score features of nothing, and such a row almost always means a wrong column."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"Row {i + 1} of the texts to label has an empty {what}; fix or drop that row.")

@@ -34,7 +34,7 @@ def test_every_readme_snippet_runs_as_written(tmp_path, glue):
         "YTUNE_CACHE": str(tmp_path / "caches"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    cache_id, outputs = None, []
+    cache_id, outputs, errors = None, [], []
     for lang, body in snippets():
         body = body.replace("ytune extract ", f"ytune extract --limit {LIMIT} ")
         if cache_id:
@@ -43,12 +43,17 @@ def test_every_readme_snippet_runs_as_written(tmp_path, glue):
         run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
         assert run.returncode == 0, f"README {lang} block failed:\n{body}\n{run.stderr[-3000:]}"
         outputs.append(run.stdout)
+        errors.append(run.stderr)
         if "ytune extract" in body and cache_id is None:
             cache_id = Path(run.stdout.splitlines()[-1]).name  # the last line printed is the cache's path
             assert (tmp_path / "caches" / cache_id / "manifest.json").exists()
     text = "".join(outputs)
     assert f"ok: {tmp_path / 'caches' / cache_id}" in text  # cache verify
     assert (work / "runs" / "long" / "ytuning" / "head.safetensors").exists()  # cache label, then train
-    predicted = [json.loads(line) for line in text.splitlines() if line.startswith('{"row": 0')]
+    predicted = [json.loads(line) for line in text.splitlines() if line.startswith('{"row": 1')]
     assert predicted and set(predicted[0]["predictions"]) == {"ytuning", "probe"}
     assert "'probabilities'" in outputs[-1].splitlines()[-1]  # the Python block's Predictor
+    # what does not depend on the data's size is shown as printed: parameters and layers of each head
+    shown = [line for line in README.read_text().splitlines() if line.startswith("head ")]
+    printed = "".join(errors).splitlines()
+    assert len(shown) == 2 and all(line in printed for line in shown), (shown, printed)

@@ -3,7 +3,8 @@
 The config names the cache identity the head was trained on and the hidden-state layers it reads,
 so using it on features of another encoder, tokenizer, length or layer set is refused; another
 dataset in the same feature space is fine (evaluating on a new test set is the point). A sweep's
-folder stands for its winner: its `sweep.json` names the head to load.
+folder stands for its winner: its `sweep.json` names the head to load; a run's folder holding several
+heads side by side (`ytune train --out runs/demo` with two `--head`s) stands for all of them.
 """
 
 from __future__ import annotations
@@ -123,3 +124,15 @@ def winner_dir(directory: Path) -> Path:
         return directory / json.loads(file.read_text())["winner"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{file} is damaged: it does not name the sweep's winner.") from None
+
+
+def head_folders(directory: str | Path) -> list[Path]:
+    """The heads a folder stands for: a head's folder itself, a sweep's its winner, and a run's folder
+    (heads side by side, no head of its own) each of its heads in name order, so that a user may
+    name the folder `ytune train --out` made as well as one head in it. Anything else is returned as
+    it is, for load_head to refuse with its reason."""
+    directory = winner_dir(Path(directory))
+    if (directory / "config.json").exists() or not directory.is_dir():
+        return [directory]
+    heads = sorted(d for d in directory.iterdir() if (d / "config.json").is_file())
+    return heads or [directory]
