@@ -96,7 +96,7 @@ def test_cli_predict_prints_one_json_line_per_input(two_tasks, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["text"] for line in lines] == ["a joy", "a bore", "fine"]
-    assert [line["row"] for line in lines] == [0, 1, 2]
+    assert [line["row"] for line in lines] == [1, 2, 3]
     assert all(set(line["predictions"]) == {"sentiment", "long"} for line in lines)
     missing = subprocess.run(
         [*CLI, "predict", "--head", str(tmp_path / "nope"), "hello"], capture_output=True, text=True
