@@ -15,7 +15,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from functools import partial
 
 from ytune.cache import store
 from ytune.demo import DemoConfig
@@ -36,7 +35,9 @@ OUT_HELP = "folder for checkpoints and logs (default: runs/<--label>, or runs/<c
 CACHE_CMD_HELP = "list, inspect, verify or remove caches, or attach a label column to one"
 LABEL_FILE_HELP = "CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare PATH the splits named by --split; repeat for several"
 
-log = partial(print, file=sys.stderr)  # what the user reads as it happens; stdout is for scripts
+def log(message: str) -> None:
+    """What the user reads as it happens, on whatever sys.stderr is then; stdout is for scripts."""
+    print(message, file=sys.stderr)
 
 
 class _ToStderr(logging.Handler):
