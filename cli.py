@@ -35,6 +35,7 @@ OUT_HELP = "folder for checkpoints and logs (default: runs/<--label>, or runs/<c
 CACHE_CMD_HELP = "list, inspect, verify or remove caches, or attach a label column to one"
 LABEL_FILE_HELP = "CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare PATH the splits named by --split; repeat for several"
 
+
 def log(message: str) -> None:
     """What the user reads as it happens, on whatever sys.stderr is then; stdout is for scripts."""
     print(message, file=sys.stderr)
