@@ -280,8 +280,8 @@ def command(sub, name: str, run, parents: list) -> argparse.ArgumentParser:
     """A command that `run` carries out; its help is the first line of run's docstring, its
     description the whole docstring. It refuses abbreviated flags (`--epoch` is not `--epochs`), and
     main has it report a flag it does not know, with its own usage."""
-    help = run.__doc__.split("\n")[0]
-    parser = sub.add_parser(name, parents=parents, help=help, description=run.__doc__, allow_abbrev=False)
+    summary = run.__doc__.split("\n")[0]
+    parser = sub.add_parser(name, parents=parents, help=summary, description=run.__doc__, allow_abbrev=False)
     parser.set_defaults(run=run, parser=parser)
     return parser
 
