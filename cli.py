@@ -15,7 +15,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from functools import partial
 
 from ytune.cache import store
 from ytune.demo import DemoConfig
@@ -32,9 +31,14 @@ CACHE_DIR_HELP = "root of the caches, a folder or a store URL such as s3://bucke
 STORAGE_HELP = "fsspec storage option for a store URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)"
 THREADS_HELP = "torch threads on CPU (default: %(default)s): a head's ops are small, and with more threads each waits for a free core, which costs far more than it gains on a busy machine (benchmarks/RESULTS.md 1)"
 SWEEP_HELP = "sweep a setting over these values (repeatable: the grid is the product); heads are named after their settings"
+OUT_HELP = "folder for checkpoints and logs (default: runs/<--label>, or runs/<cache id> without --label)"
+CACHE_CMD_HELP = "list, inspect, verify or remove caches, or attach a label column to one"
 LABEL_FILE_HELP = "CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare PATH the splits named by --split; repeat for several"
 
-log = partial(print, file=sys.stderr)  # what the user reads as it happens; stdout is for scripts
+
+def log(message: str) -> None:
+    """What the user reads as it happens, on whatever sys.stderr is then; stdout is for scripts."""
+    print(message, file=sys.stderr)
 
 
 class _ToStderr(logging.Handler):
@@ -130,7 +134,7 @@ def cache_label(args: argparse.Namespace) -> None:
 
     path = store.resolve(args.path, args.cache_dir)
     files = label_files(args.file, args.split)
-    cache = open_to_label(path, list(files))
+    cache = open_to_label(path, list(files), args.name, args.replace)
     data = load_files(files, args.text_field, args.text_pair_field, args.label_field, args.name)
     for split, file in files.items():
         if data.splits[split].labels is None:
@@ -147,9 +151,13 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from ytune.extract.pipeline import extract
 
     cfg = ExtractConfig(**given(ExtractConfig, args), cache_dir=args.cache_dir, device=args.device)
-    result = extract(DataSource(**given(DataSource, args), data_dir=args.data_dir).load(), cfg)
+    data = DataSource(**given(DataSource, args), data_dir=args.data_dir).load()
+    result = extract(data, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.summary())
+        if all(split.labels is None for split in data.splits.values()):
+            why = " (no --label-field)" if args.label_field is None and (args.data or args.dataset) else ""
+            log(f"note: no labels were attached{why}; attach them with ytune cache label")
         print(result.path)
 
 
@@ -178,12 +186,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     and picks a winner. The last stdout line is a JSON object of the best epoch's metrics on the
     evaluation split ({head: metrics} for several heads; for a sweep, the winner's name, settings
     and metrics)."""
+    from ytune.cache.reader import open_cache
+    from ytune.train.build import check_splits
     from ytune.train.sweep import sweep
     from ytune.train.trainer import train
 
     path = store.resolve(args.cache, args.cache_dir)
     specs, grid = head_specs(args), parse_grid(args.sweep or [])
     cfg = TrainConfig(**given(TrainConfig, args), device=args.device)
+    check_splits(open_cache(path), cfg)
     out = args.out or os.path.join("runs", specs[0].label or path.name)
     configure_process(args.device, args.threads)
     if grid:
@@ -200,14 +211,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate trained heads on a split of a cache.
 
-    Metrics of trained heads on a labelled split of any cache in their feature space; the last
-    stdout line is a JSON object of metrics."""
+    Metrics of trained heads on a labelled split of any cache in their feature space, each scored
+    against its own label column or the one --label names; the last stdout line is a JSON object of
+    metrics."""
     from ytune.train.evaluate import evaluate
 
     path = store.resolve(args.cache, args.cache_dir)
     configure_process(args.device, args.threads)
     cfg = TrainConfig(batch_size=args.batch_size, device=args.device)
-    print_metrics(evaluate(args.head, path, args.split, cfg))
+    print_metrics(evaluate(args.head, path, args.split, cfg, label=args.label))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -250,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def shared_flags() -> dict[str, argparse.ArgumentParser]:
     """The flags several commands share, each defined here once; a command takes them as parents."""
     names = ("store", "verb", "cache", "path", "device", "threads", "heads", "glue")
-    flags = {name: argparse.ArgumentParser(add_help=False) for name in names}
+    flags = {name: argparse.ArgumentParser(add_help=False, allow_abbrev=False) for name in names}
     # A verb's copy (`ytune cache ls --cache-dir X`) leaves a value given before the verb alone.
     for name, default in (("store", None), ("verb", argparse.SUPPRESS)):
         flags[name].add_argument("--cache-dir", default=default, help=CACHE_DIR_HELP)
@@ -267,9 +279,11 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
 
 def command(sub, name: str, run, parents: list) -> argparse.ArgumentParser:
     """A command that `run` carries out; its help is the first line of run's docstring, its
-    description the whole docstring."""
-    parser = sub.add_parser(name, parents=parents, help=run.__doc__.split("\n")[0], description=run.__doc__)
-    parser.set_defaults(run=run)
+    description the whole docstring. It refuses abbreviated flags (`--epoch` is not `--epochs`), and
+    main has it report a flag it does not know, with its own usage."""
+    summary = run.__doc__.split("\n")[0]
+    parser = sub.add_parser(name, parents=parents, help=summary, description=run.__doc__, allow_abbrev=False)
+    parser.set_defaults(run=run, parser=parser)
     return parser
 
 
@@ -280,7 +294,7 @@ def add_commands(sub, flags: dict) -> None:
     add_flags(ex.add_argument_group("encoder, features and shards"), ExtractConfig)
     tr = command(sub, "train", cmd_train, [flags[n] for n in ("cache", "store", "device", "threads")])
     tr.description += f" Keys: {', '.join(SETTINGS)}; layers as -1, -4:-1 (a range) or 0+3+6."
-    tr.add_argument("--out", help="folder for checkpoints and logs (default: runs/<label>)")
+    tr.add_argument("--out", help=OUT_HELP)
     tr.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
     head = tr.add_argument_group("head")
     head.add_argument("--head", action="append", metavar="KEY=VALUE,...", help="one head of several; repeat")
@@ -290,6 +304,7 @@ def add_commands(sub, flags: dict) -> None:
     add_flags(tr.add_argument_group("optimisation"), TrainConfig)
     ev = command(sub, "eval", cmd_eval, [flags[n] for n in ("heads", "cache", "store", "device", "threads")])
     ev.add_argument("--split", default=TrainConfig.eval_split, help="(default: %(default)s)")
+    ev.add_argument("--label", help="label column to score every head against (default: each head's own)")
     ev.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     pr = command(sub, "predict", cmd_predict, [flags["heads"], flags["device"]])
     pr.add_argument("texts", nargs="*", help="texts to label (or --input)")
@@ -302,7 +317,9 @@ def add_commands(sub, flags: dict) -> None:
 
 
 def add_cache(sub, flags: dict) -> None:
-    cache = sub.add_parser("cache", parents=[flags["store"]], help="list, inspect, verify or remove caches")
+    cache = sub.add_parser(
+        "cache", parents=[flags["store"]], help=CACHE_CMD_HELP, description=CACHE_CMD_HELP, allow_abbrev=False
+    )
     verbs = cache.add_subparsers(dest="verb", required=True, metavar="VERB")
     command(verbs, "ls", cache_ls, [flags["verb"]])
     command(verbs, "info", cache_info, [flags["path"], flags["verb"]])
@@ -316,10 +333,11 @@ def add_cache(sub, flags: dict) -> None:
     label.add_argument("--text-field", required=True, help="column holding the text")
     label.add_argument("--text-pair-field", help="column holding the second text of pairs")
     label.add_argument("--label-field", required=True, help="column holding the label")
+    label.add_argument("--replace", action="store_true", help="overwrite a label column of that name")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ytune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ytune", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.set_defaults(storage_option=None)  # for the commands without the store flags
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = shared_flags()
@@ -340,8 +358,27 @@ def joined_layer_lists(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line's arguments; a flag the command does not know ends with the command's own
+    usage, not the top level's."""
+    args, unknown = build_parser().parse_known_args(joined_layer_lists(argv))
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, and how to carry on from it."""
+    if args.command == "extract":
+        return "; rerun the same command to resume the extraction"
+    if args.command == "train":
+        again = "the same command" if args.resume else "the same command with --resume"
+        return f"; rerun {again} to resume after the last finished epoch"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(joined_layer_lists(sys.argv[1:] if argv is None else argv))
+    args = parse(sys.argv[1:] if argv is None else argv)
     show_progress()
     try:
         if args.storage_option:
@@ -353,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ytune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ytune: interrupted", file=sys.stderr)
+        print(f"ytune: interrupted{interrupted(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `ytune cache info X | head`: the reader had enough, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -49,13 +49,20 @@ def label_files(items: Sequence[str], splits: Sequence[str] | None) -> dict[str,
     return files
 
 
-def open_to_label(path: Path, splits: Sequence[str]) -> Cache:
-    """The cache at `path`, once it is known to have `splits` and still be named after its id (the
-    writer finds a cache by its id)."""
+def open_to_label(path: Path, splits: Sequence[str], name: str, replace: bool = False) -> Cache:
+    """The cache at `path`, once it is known to have `splits`, to lack a column `name` in them (unless
+    `replace`: a column is a task's labels, and a same-named new one must not overwrite it unasked)
+    and still be named after its id (the writer finds a cache by its id)."""
     cache = open_cache(path)
     unknown = [s for s in splits if s not in cache.splits]
     if unknown:
         raise UserError(f"cache {path} has no split {unknown[0]!r} (it has: {', '.join(cache.splits)}).")
+    taken = [s for s in splits if name in cache.manifest.splits[s].labels]
+    if taken and not replace:
+        raise UserError(
+            f"split(s) {', '.join(taken)} of cache {path} already have a label column {name!r}; "
+            "give --replace to overwrite it, or another --name."
+        )
     where = store.where(path)
     if where.rstrip("/").rsplit("/", 1)[-1] != cache.manifest.cache_id:
         raise UserError(

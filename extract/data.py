@@ -92,6 +92,33 @@ def limited_name(name: str, limit: int | None) -> str:
     return name if limit is None else f"{name}[:{limit}]"
 
 
+def read_past(limit: int | None) -> int | None:
+    """How many rows a loader reads for `limit`: one more, which tells a limit that cuts a split from
+    one that keeps it whole."""
+    return None if limit is None else limit + 1
+
+
+def cutting_limit(limit: int | None, sizes: Iterable[int]) -> int | None:
+    """The limit that names the dataset: None when it cuts no split (every split's row count, read
+    past the limit, is at most the limit), since it then reads the whole dataset, whose name and
+    cache it must share."""
+    return None if limit is None or all(n <= limit for n in sizes) else limit
+
+
+def first_split_rows(splits: dict[str, SplitData], limit: int | None) -> dict[str, SplitData]:
+    """Each split's first `limit` rows (all of them when None)."""
+    if limit is None:
+        return splits
+    return {
+        name: SplitData(
+            split.texts[:limit],
+            None if split.pairs is None else split.pairs[:limit],
+            None if split.labels is None else split.labels[:limit],
+        )
+        for name, split in splits.items()
+    }
+
+
 def first_rows(dataset: Any, limit: int | None) -> Any:
     """The first `limit` rows of a `datasets.Dataset` (all of them when None)."""
     return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))

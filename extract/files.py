@@ -17,7 +17,7 @@ from typing import Any
 
 from ytune.errors import UserError
 from ytune.extract.columns import check_columns, from_tables
-from ytune.extract.data import TextDataset, check_limit, reference_split
+from ytune.extract.data import TextDataset, check_limit, cutting_limit, read_past, reference_split
 from ytune.extract.glue import glue_task
 
 __all__ = ["load_files"]
@@ -55,7 +55,7 @@ def load_files(
     column or a broken export, and the encoder would silently turn them into features of nothing.
 
     Rows in error messages are counted from 1, after any header. `limit` keeps the first N rows of
-    each split and marks the name (`name[:N]`). The dataset is named `task`, or else after the
+    each split and marks the name (`name[:N]`), unless it cuts no split. The dataset is named `task`, or else after the
     train file's stem (the first file's, without a train split).
     """
     check_limit(limit)
@@ -63,7 +63,10 @@ def load_files(
         raise UserError("No data files given; pass at least one, e.g. a train file.")
     paths = {str(split): Path(p).expanduser() for split, p in files.items()}
 
-    tables = {split: _read_table(path, limit) for split, path in paths.items()}
+    tables = {split: _read_table(path, read_past(limit)) for split, path in paths.items()}
+    limit = cutting_limit(limit, (len(next(iter(t.values()))) for t in tables.values()))
+    if limit is not None:
+        tables = {split: {c: v[:limit] for c, v in t.items()} for split, t in tables.items()}
     # Errors name the file, and its split where there are several (predict's --input is one file).
     wheres = {s: f"split {s!r} ({p})" if len(paths) > 1 else str(p) for s, p in paths.items()}
     for split, table in tables.items():

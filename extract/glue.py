@@ -23,8 +23,11 @@ from ytune.extract.data import (
     TextDataset,
     check_limit,
     choose_splits,
+    cutting_limit,
     first_rows,
+    first_split_rows,
     limited_name,
+    read_past,
 )
 from ytune.extract.labels import class_index, hub_labels
 
@@ -121,7 +124,8 @@ def load_glue(
     Splits are "train", "validation", "test" (MNLI: "train", "validation_matched",
     "validation_mismatched", "test_matched", "test_mismatched"). GLUE's test sets are hidden, so a
     test split has `labels=None`. `limit` keeps the first N rows of each split and marks the dataset
-    name (`glue/sst2[:N]`) so a limited run never shares a cache with the full dataset.
+    name (`glue/sst2[:N]`) so a limited run never shares a cache with the full dataset; a limit that
+    cuts no split leaves the name, and the cache, the whole dataset's.
 
     Empty texts are kept, not rejected as `load_files` does: the official files define the
     benchmark's rows, and dropping one would misalign evaluation with everyone else's.
@@ -142,10 +146,15 @@ def load_glue(
         data_dir = os.environ.get(GLUE_DIR_ENV) or None
     folder = _find_glue_folder(Path(data_dir).expanduser(), layout.folder) if data_dir else None
     if folder is None:
-        data = _load_glue_hub(key, layout, spec, splits, limit, data_dir)
+        data = _load_glue_hub(key, layout, spec, splits, read_past(limit), data_dir)
     else:
-        data = {split: _read_glue_split(folder, key, split, layout, spec, limit) for split in splits}
-    return TextDataset(name=limited_name(f"glue/{key}", limit), task=spec, splits=data)
+        data = {
+            split: _read_glue_split(folder, key, split, layout, spec, read_past(limit)) for split in splits
+        }
+    limit = cutting_limit(limit, map(len, data.values()))
+    return TextDataset(
+        name=limited_name(f"glue/{key}", limit), task=spec, splits=first_split_rows(data, limit)
+    )
 
 
 # --------------------------------------------------------------------------------------------------

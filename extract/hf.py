@@ -9,7 +9,7 @@ from typing import Any
 
 from ytune.errors import UserError
 from ytune.extract.columns import check_columns, from_tables
-from ytune.extract.data import TextDataset, check_limit, choose_splits, first_rows
+from ytune.extract.data import TextDataset, check_limit, choose_splits, cutting_limit, first_rows
 from ytune.extract.glue import glue_task
 from ytune.extract.labels import classification_task, hub_labels
 
@@ -32,13 +32,15 @@ def load_hf(
     Its columns go through the same checks as files' (texts must be non-empty strings; labels as
     `load_files` reads them), except that a `ClassLabel` column keeps its names in their order,
     and a split whose labels are all -1 (the hub's unlabelled test splits) has no labels.
-    `splits` picks splits (default: all); `limit` keeps the first N rows of each.
+    `splits` picks splits (default: all); `limit` keeps the first N rows of each (and names the
+    dataset as the whole one when it cuts no split).
     """
     import datasets
 
     check_limit(limit)
     parts, name = _open(source, config, task)
     chosen = choose_splits(splits or parts, parts, f"the dataset {name!r}")
+    limit = cutting_limit(limit, (len(parts[split]) for split in chosen))
     known = glue_task(task)
     tables, wheres = {}, {}
     for split in chosen:

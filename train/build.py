@@ -31,6 +31,21 @@ def default_label(cache: Cache, split: str) -> str:
     )
 
 
+def check_splits(cache: Cache, cfg: TrainConfig) -> None:
+    """The splits a run reads are in the cache; a missing one names the flag that picks another, so a
+    cache of a training split alone is not a dead end."""
+    have = list(cache.manifest.splits)
+    for split, flag, role in (
+        (cfg.train_split, "--train-split", "train"),
+        (cfg.eval_split, "--eval-split", "evaluate"),
+    ):
+        if split not in have:
+            raise UserError(
+                f"cache {cache.path} has no split {split!r} to {role} on (it has: {', '.join(have) or 'none'}); "
+                f"name one with {flag}."
+            )
+
+
 def resolve_head_layers(cache: Cache, layers: Sequence[int] | None) -> list[int]:
     """Hidden-state indices a head reads, negatives counted from the encoder's last layer."""
     cached = list(cache.identity.layers)

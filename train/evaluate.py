@@ -54,9 +54,15 @@ def evaluate_bank(
 
 
 def evaluate(
-    head_dirs: Sequence[str | Path], cache_path: str | Path, split: str, cfg: TrainConfig | None = None
+    head_dirs: Sequence[str | Path],
+    cache_path: str | Path,
+    split: str,
+    cfg: TrainConfig | None = None,
+    label: str | None = None,
 ) -> dict[str, dict]:
-    """Metrics of trained heads on any labelled split of a cache in their feature space."""
+    """Metrics of trained heads on any labelled split of a cache in their feature space, each scored
+    against the column `label` (None: the column it learned, which another dataset's cache may
+    name differently)."""
     cfg = cfg or TrainConfig()
     cache = open_cache(cache_path)
     reader = cache.split(split)
@@ -72,10 +78,17 @@ def evaluate(
     preds, rows = evaluate_bank(bank, kinds, reader, cfg, union, device)
     results = {}
     for name, (_, info, _) in loaded.items():
-        labels = cache.labels(split, info.label)
+        column = label or info.label
+        if column not in cache.manifest.splits[split].labels:
+            have = ", ".join(cache.manifest.splits[split].labels) or "none"
+            raise UserError(
+                f"split {split!r} of cache {cache.path} has no label column {column!r} (it has: {have}); "
+                "name the one to score against with --label."
+            )
+        labels = cache.labels(split, column)
         if labels.kind != info.config.kind or (labels.names or None) != (info.label_names or None):
             raise UserError(
-                f"label column {info.label!r} of split {split!r} has other labels than head {name!r} learned."
+                f"label column {column!r} of split {split!r} has other labels than head {name!r} learned."
             )
         results[name] = compute_metrics(info.metrics, preds[name], labels.values[rows])
     return results
