@@ -186,15 +186,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     and picks a winner. The last stdout line is a JSON object of the best epoch's metrics on the
     evaluation split ({head: metrics} for several heads; for a sweep, the winner's name, settings
     and metrics)."""
-    from ytune.cache.reader import open_cache
-    from ytune.train.build import check_splits
     from ytune.train.sweep import sweep
     from ytune.train.trainer import train
 
     path = store.resolve(args.cache, args.cache_dir)
     specs, grid = head_specs(args), parse_grid(args.sweep or [])
     cfg = TrainConfig(**given(TrainConfig, args), device=args.device)
-    check_splits(open_cache(path), cfg)
     out = args.out or os.path.join("runs", specs[0].label or path.name)
     configure_process(args.device, args.threads)
     if grid:
@@ -242,7 +239,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor(args.head, args.model, args.device)
     answers = predictor.predict(texts, pairs, progress=None if args.input else False)
     for i, answer in enumerate(answers):
-        item = {"row": i + 1, "text": texts[i], **({"pair": pairs[i]} if pairs else {}), "predictions": answer}
+        item = {
+            "row": i + 1,
+            "text": texts[i],
+            **({"pair": pairs[i]} if pairs else {}),
+            "predictions": answer,
+        }
         print(json.dumps(item, ensure_ascii=False))
 
 

@@ -66,7 +66,10 @@ class DataSource:
         },
     )
     limit: int | None = field(
-        default=None, metadata={"help": "only the first N rows of each split (a quick run; another cache)"}
+        default=None,
+        metadata={
+            "help": "only the first N rows of each split (a quick run; another cache unless it cuts no split)"
+        },
     )
 
     def load(self):

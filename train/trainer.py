@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ytune.cache.reader import open_cache
 from ytune.device import autocast, pick_device
 from ytune.errors import UserError
-from ytune.train.build import head_for, optimizer_settings
+from ytune.train.build import check_splits, head_for, optimizer_settings
 from ytune.train.checkpoint import save_head
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig
 from ytune.train.evaluate import evaluate, evaluate_bank
@@ -74,6 +74,7 @@ class _Training:
             raise UserError(f"head names must differ: {', '.join(names)}.")
         self.cfg, self.out, self.key = cfg, out, config_key(specs, cfg)
         self.cache = cache = open_cache(cache_path)
+        check_splits(cache, cfg)
         self.reader, self.eval_reader = cache.split(cfg.train_split), cache.split(cfg.eval_split)
         self.device = pick_device(cfg.device)
         built = {s.name: head_for(cache, s, cfg, self.device) for s in specs}
