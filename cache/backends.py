@@ -1,7 +1,10 @@
 """The two shard formats, behind one small interface: write a shard's three arrays, open them.
 
 Zarr v3 (default) stores a shard as a group directory; each array is cut into chunk files of about
-CHUNK_BYTES, uncompressed (encoder features do not compress, and reads must be fast). Zarr's own
+CHUNK_BYTES, uncompressed (encoder features do not compress, and reads must be fast). Since format
+version 2 every chunk carries a checksum the format itself checks on every read (zarr's CRC32C
+codec, HDF5's Fletcher-32 filter), so a flipped byte is an error in ytune and in plain zarr or h5py
+alike, never features trained on in silence. Zarr's own
 sharding codec is not used: a ytune shard is already the unit of distribution (tens of MB), and
 measured here it read slower than plain chunks (docs/cache-format.md, "Chunking and codecs").
 HDF5 stores a shard as one file with the same three datasets, chunked the same way. Either is
@@ -19,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from ytune.cache.files import fsync_tree
 from ytune.cache.format import FEATURES, OFFSETS, ROW, SUFFIXES, shard_suffix
@@ -99,14 +103,16 @@ class Backend(ABC):
         offsets: np.ndarray,
         row: np.ndarray,
         attrs: dict,
+        checksums: bool,
     ) -> ShardSink:
         """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink;
-        offsets and row are written now."""
+        offsets and row are written now. `checksums` (format version 2 on) puts a checksum in every
+        chunk; a resumed version 1 cache goes on without, so all its shards read the same way."""
         container = self._container(path, attrs)
         try:
-            features = self._array(container, FEATURES, shape, dtype)
+            features = self._array(container, FEATURES, shape, dtype, checksums)
             for key, data in ((OFFSETS, offsets), (ROW, row)):
-                self._array(container, key, data.shape, data.dtype, data)
+                self._array(container, key, data.shape, data.dtype, checksums, data)
         except BaseException:
             self._close(container)
             raise
@@ -133,9 +139,11 @@ class Backend(ABC):
         key: str,
         shape: tuple[int, ...],
         dtype: np.dtype,
+        checksums: bool,
         data: np.ndarray | None = None,
     ) -> Any:
-        """A new array of the shard, chunked by `chunks`, holding `data` when given (else zeros)."""
+        """A new array of the shard, chunked by `chunks`, holding `data` when given (else zeros),
+        with a checksum in every chunk when `checksums`."""
 
     @abstractmethod
     def _sync(self, container: Any, path: Path) -> None:
@@ -167,10 +175,16 @@ class ZarrBackend(Backend):
         key: str,
         shape: tuple[int, ...],
         dtype: np.dtype,
+        checksums: bool,
         data: np.ndarray | None = None,
     ) -> zarr.Array:
         array = group.create_array(
-            key, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), compressors=None, fill_value=0
+            key,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks(shape, dtype),
+            compressors=[Crc32cCodec()] if checksums else None,  # checks, never compresses
+            fill_value=0,
         )
         if data is not None:
             array[...] = data
@@ -203,11 +217,23 @@ class HDF5Backend(Backend):
         return f
 
     def _array(
-        self, f: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype, data: np.ndarray | None = None
+        self,
+        f: h5py.File,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        checksums: bool,
+        data: np.ndarray | None = None,
     ) -> h5py.Dataset:
         # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
         return f.create_dataset(
-            key, shape=shape, dtype=dtype, data=data, chunks=chunks(shape, dtype), track_times=False
+            key,
+            shape=shape,
+            dtype=dtype,
+            data=data,
+            chunks=chunks(shape, dtype),
+            fletcher32=checksums,
+            track_times=False,
         )
 
     def _sync(self, f: h5py.File, path: Path) -> None:
