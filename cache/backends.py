@@ -40,12 +40,28 @@ class ShardArrays:
     handle: Any = None  # the open h5py.File, kept alive while the arrays are used
 
 
+@dataclass
+class ArraySpec:
+    """One array of a shard to create: chunked by `chunks`, holding `data` when given (else zeros),
+    with a checksum in every chunk when `checksums` (format version 2 on)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    checksums: bool
+    data: np.ndarray | None = None
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return chunks(self.shape, self.dtype)
+
+
 class ShardSink:
     """A shard being written: its features arrive in order, batch by batch, while the encoder runs.
 
     Blocks are buffered to whole chunks before they reach the store, so every chunk is written
-    once (a partial chunk would be read back and rewritten), and `sync` makes what is written
-    durable as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
+    once (a partial chunk would be read back and rewritten), and `sync` makes each chunk durable
+    as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
     """
 
     def __init__(
@@ -57,10 +73,10 @@ class ShardSink:
 
     def append(self, block: np.ndarray) -> None:
         self.pending.append(block)
-        buffered = sum(len(b) for b in self.pending)
-        whole = buffered // self.chunk * self.chunk
-        if whole:
-            self._flush(whole)
+        # One chunk, then sync, whatever the batches: HDF5 places checksummed chunks as the writes
+        # and flushes come, so only the same sequence gives the same bytes (a resumed cache's).
+        while sum(len(b) for b in self.pending) >= self.chunk:
+            self._flush(self.chunk)
             self.sync()
 
     def _flush(self, count: int) -> None:
@@ -110,9 +126,9 @@ class Backend(ABC):
         chunk; a resumed version 1 cache goes on without, so all its shards read the same way."""
         container = self._container(path, attrs)
         try:
-            features = self._array(container, FEATURES, shape, dtype, checksums)
+            features = self._array(container, ArraySpec(FEATURES, shape, dtype, checksums))
             for key, data in ((OFFSETS, offsets), (ROW, row)):
-                self._array(container, key, data.shape, data.dtype, checksums, data)
+                self._array(container, ArraySpec(key, data.shape, data.dtype, checksums, data))
         except BaseException:
             self._close(container)
             raise
@@ -133,17 +149,8 @@ class Backend(ABC):
         """The new, empty shard at `path`, with its attributes."""
 
     @abstractmethod
-    def _array(
-        self,
-        container: Any,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        checksums: bool,
-        data: np.ndarray | None = None,
-    ) -> Any:
-        """A new array of the shard, chunked by `chunks`, holding `data` when given (else zeros),
-        with a checksum in every chunk when `checksums`."""
+    def _array(self, container: Any, spec: ArraySpec) -> Any:
+        """A new array of the shard as `spec` says."""
 
     @abstractmethod
     def _sync(self, container: Any, path: Path) -> None:
@@ -169,25 +176,17 @@ class ZarrBackend(Backend):
     def _container(self, path: Path, attrs: dict) -> zarr.Group:
         return zarr.open_group(str(path), mode="w-", attributes=attrs)
 
-    def _array(
-        self,
-        group: zarr.Group,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        checksums: bool,
-        data: np.ndarray | None = None,
-    ) -> zarr.Array:
+    def _array(self, group: zarr.Group, spec: ArraySpec) -> zarr.Array:
         array = group.create_array(
-            key,
-            shape=shape,
-            dtype=dtype,
-            chunks=chunks(shape, dtype),
-            compressors=[Crc32cCodec()] if checksums else None,  # checks, never compresses
+            spec.key,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            chunks=spec.chunks,
+            compressors=[Crc32cCodec()] if spec.checksums else None,  # checks, never compresses
             fill_value=0,
         )
-        if data is not None:
-            array[...] = data
+        if spec.data is not None:
+            array[...] = spec.data
         return array
 
     def _sync(self, group: zarr.Group, path: Path) -> None:
@@ -216,23 +215,15 @@ class HDF5Backend(Backend):
             raise
         return f
 
-    def _array(
-        self,
-        f: h5py.File,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        checksums: bool,
-        data: np.ndarray | None = None,
-    ) -> h5py.Dataset:
+    def _array(self, f: h5py.File, spec: ArraySpec) -> h5py.Dataset:
         # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
         return f.create_dataset(
-            key,
-            shape=shape,
-            dtype=dtype,
-            data=data,
-            chunks=chunks(shape, dtype),
-            fletcher32=checksums,
+            spec.key,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            data=spec.data,
+            chunks=spec.chunks,
+            fletcher32=spec.checksums,
             track_times=False,
         )
 
