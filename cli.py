@@ -83,12 +83,18 @@ def cache_ls(args: argparse.Namespace) -> None:
     if not caches:
         print(f"no caches under {args.cache_dir or default_root()}")
     for c in caches:
+        staging = (
+            "  STAGING (a local copy for a store, kept until it is published)" if c.get("staging") else ""
+        )
         if "error" in c:
-            print(f"{c['path']}  unreadable: {c['error']}")
+            print(f"{c['path']}  unreadable: {c['error']}{staging}")
             continue
         splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())
         layers = ",".join(map(str, c["layers"]))
-        sizes = f"layers {layers} {c['dtype']}  [{splits}]  {c['bytes'] / 1e6:.1f} MB"
+        sizes = f"layers {layers} {c['dtype']}  [{splits}]  {c['bytes'] / 1e6:.1f} MB{staging}"
+        if not c["complete"]:  # a cache that lacks shards says so here, not only in `cache info`
+            counts = ", ".join(f"{s['shards']} {n} shards" for n, s in c["splits"].items())
+            sizes += f"  INCOMPLETE: {counts}; rerun the same ytune extract to finish it"
         print(f"{c['path']}  {c['encoder']}  {c['dataset']}  {sizes}")
 
 

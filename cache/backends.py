@@ -1,7 +1,10 @@
 """The two shard formats, behind one small interface: write a shard's three arrays, open them.
 
 Zarr v3 (default) stores a shard as a group directory; each array is cut into chunk files of about
-CHUNK_BYTES, uncompressed (encoder features do not compress, and reads must be fast). Zarr's own
+CHUNK_BYTES, uncompressed (encoder features do not compress, and reads must be fast). Since format
+version 2 every chunk carries a checksum the format itself checks on every read (zarr's CRC32C
+codec, HDF5's Fletcher-32 filter), so a flipped byte is an error in ytune and in plain zarr or h5py
+alike, never features trained on in silence. Zarr's own
 sharding codec is not used: a ytune shard is already the unit of distribution (tens of MB), and
 measured here it read slower than plain chunks (docs/cache-format.md, "Chunking and codecs").
 HDF5 stores a shard as one file with the same three datasets, chunked the same way. Either is
@@ -19,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from ytune.cache.files import fsync_tree
 from ytune.cache.format import FEATURES, OFFSETS, ROW, SUFFIXES, shard_suffix
@@ -36,12 +40,28 @@ class ShardArrays:
     handle: Any = None  # the open h5py.File, kept alive while the arrays are used
 
 
+@dataclass
+class ArraySpec:
+    """One array of a shard to create: chunked by `chunks`, holding `data` when given (else zeros),
+    with a checksum in every chunk when `checksums` (format version 2 on)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    checksums: bool
+    data: np.ndarray | None = None
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return chunks(self.shape, self.dtype)
+
+
 class ShardSink:
     """A shard being written: its features arrive in order, batch by batch, while the encoder runs.
 
     Blocks are buffered to whole chunks before they reach the store, so every chunk is written
-    once (a partial chunk would be read back and rewritten), and `sync` makes what is written
-    durable as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
+    once (a partial chunk would be read back and rewritten), and `sync` makes each chunk durable
+    as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
     """
 
     def __init__(
@@ -53,10 +73,10 @@ class ShardSink:
 
     def append(self, block: np.ndarray) -> None:
         self.pending.append(block)
-        buffered = sum(len(b) for b in self.pending)
-        whole = buffered // self.chunk * self.chunk
-        if whole:
-            self._flush(whole)
+        # One chunk, then sync, whatever the batches: HDF5 places checksummed chunks as the writes
+        # and flushes come, so only the same sequence gives the same bytes (a resumed cache's).
+        while sum(len(b) for b in self.pending) >= self.chunk:
+            self._flush(self.chunk)
             self.sync()
 
     def _flush(self, count: int) -> None:
@@ -99,14 +119,16 @@ class Backend(ABC):
         offsets: np.ndarray,
         row: np.ndarray,
         attrs: dict,
+        checksums: bool,
     ) -> ShardSink:
         """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink;
-        offsets and row are written now."""
+        offsets and row are written now. `checksums` (format version 2 on) puts a checksum in every
+        chunk; a resumed version 1 cache goes on without, so all its shards read the same way."""
         container = self._container(path, attrs)
         try:
-            features = self._array(container, FEATURES, shape, dtype)
+            features = self._array(container, ArraySpec(FEATURES, shape, dtype, checksums))
             for key, data in ((OFFSETS, offsets), (ROW, row)):
-                self._array(container, key, data.shape, data.dtype, data)
+                self._array(container, ArraySpec(key, data.shape, data.dtype, checksums, data))
         except BaseException:
             self._close(container)
             raise
@@ -127,15 +149,8 @@ class Backend(ABC):
         """The new, empty shard at `path`, with its attributes."""
 
     @abstractmethod
-    def _array(
-        self,
-        container: Any,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        data: np.ndarray | None = None,
-    ) -> Any:
-        """A new array of the shard, chunked by `chunks`, holding `data` when given (else zeros)."""
+    def _array(self, container: Any, spec: ArraySpec) -> Any:
+        """A new array of the shard as `spec` says."""
 
     @abstractmethod
     def _sync(self, container: Any, path: Path) -> None:
@@ -161,19 +176,17 @@ class ZarrBackend(Backend):
     def _container(self, path: Path, attrs: dict) -> zarr.Group:
         return zarr.open_group(str(path), mode="w-", attributes=attrs)
 
-    def _array(
-        self,
-        group: zarr.Group,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        data: np.ndarray | None = None,
-    ) -> zarr.Array:
+    def _array(self, group: zarr.Group, spec: ArraySpec) -> zarr.Array:
         array = group.create_array(
-            key, shape=shape, dtype=dtype, chunks=chunks(shape, dtype), compressors=None, fill_value=0
+            spec.key,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            chunks=spec.chunks,
+            compressors=[Crc32cCodec()] if spec.checksums else None,  # checks, never compresses
+            fill_value=0,
         )
-        if data is not None:
-            array[...] = data
+        if spec.data is not None:
+            array[...] = spec.data
         return array
 
     def _sync(self, group: zarr.Group, path: Path) -> None:
@@ -202,12 +215,16 @@ class HDF5Backend(Backend):
             raise
         return f
 
-    def _array(
-        self, f: h5py.File, key: str, shape: tuple[int, ...], dtype: np.dtype, data: np.ndarray | None = None
-    ) -> h5py.Dataset:
+    def _array(self, f: h5py.File, spec: ArraySpec) -> h5py.Dataset:
         # track_times=False: the same arrays give the same bytes, so a resumed cache is bit-identical.
         return f.create_dataset(
-            key, shape=shape, dtype=dtype, data=data, chunks=chunks(shape, dtype), track_times=False
+            spec.key,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            data=spec.data,
+            chunks=spec.chunks,
+            fletcher32=spec.checksums,
+            track_times=False,
         )
 
     def _sync(self, f: h5py.File, path: Path) -> None:

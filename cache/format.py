@@ -17,11 +17,13 @@ if TYPE_CHECKING:  # imported where used: the CLI builds its flags from this mod
     import numpy as np
     import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUMS_SINCE = 2  # format versions from this one on store a checksum in every chunk of every array
 DEFAULT_SHARD_BYTES = 128 << 20
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the one process allowed to write the cache
 MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ranks of one job share it)
+STAGING = "staging"  # under the cache root: caches staged for a store until published
 TEXTS = "texts.json"  # per split: the texts (and second texts) the features were extracted from
 TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
 DTYPES = ("float16", "bfloat16")

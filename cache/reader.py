@@ -13,16 +13,17 @@ import itertools
 import json
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ytune.cache.backends import ShardArrays, get_backend
-from ytune.cache.files import is_whole
+from ytune.cache.files import is_whole, remove
 from ytune.cache.format import TEXTS, decode
 from ytune.cache.identity import Identity, resolve_index
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
@@ -206,19 +207,31 @@ class SplitReader:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A whole shard as stored (float16, or uint16 bfloat16 bits): features [tokens, layers,
         hidden], offsets [rows + 1], source rows [rows]."""
-        arrays = self._arrays(name)
-        try:
-            features = np.asarray(arrays.features[...])
-            offsets, rows = np.asarray(arrays.offsets[...]), np.asarray(arrays.row[...])
-        except Exception as e:
-            raise UserError(
-                f"shard {self.name}/{name} of cache {self.cache.path} cannot be read ({e}); "
-                "run ytune cache verify."
-            ) from None
+        features, offsets, rows = self._read(
+            name, lambda a: (np.asarray(a.features[...]), np.asarray(a.offsets[...]), np.asarray(a.row[...]))
+        )
         positions = self.layer_positions(layers)
         if positions is not None and positions != list(range(self.num_layers)):
             features = features[:, positions]
         return features, offsets, rows
+
+    def _damaged(self, name: str, e: Exception) -> UserError:
+        """The one sentence for a shard whose data cannot be read back as written: named, with the
+        mend. A mirror's copy is deleted here, so the next read fetches the store's afresh."""
+        path = self.shard_path(name)
+        self._close(name)
+        url = self.cache.fetcher.url if self.cache.fetcher is not None else None
+        if url is not None:
+            remove(path)
+            return UserError(
+                f"shard {self.name}/{path.name} of cache {url} is damaged in its local copy ({e}); "
+                f"the copy was deleted: run the command again to fetch it afresh, and ytune cache verify "
+                f"{url} if it fails again."
+            )
+        return UserError(
+            f"shard {self.name}/{path.name} of cache {self.cache.path} is damaged ({e}); run "
+            f"ytune cache verify --drop {self.cache.path}, then rerun the extraction to rebuild it."
+        )
 
     def _close(self, name: str) -> None:
         """Let go of a shard read whole: its file handles, and its pin in the local shard cache."""
@@ -242,13 +255,24 @@ class SplitReader:
         if self._where is None:
             where = np.empty((len(self), 2), dtype=np.int64)
             for s, name in enumerate(self.shards):
-                rows = np.asarray(self._arrays(name).row[...])
+                rows = self._read(name, lambda arrays: np.asarray(arrays.row[...]))
                 where[rows, 0], where[rows, 1] = s, np.arange(len(rows))
             self._where = where
         s, i = self._where[row]
-        arrays = self._arrays(self.shards[s])
-        start, end = (int(x) for x in arrays.offsets[i : i + 2])
-        return Example(decode(np.asarray(arrays.features[start:end]), self.cache.identity.dtype), row)
+
+        def example(arrays: ShardArrays) -> np.ndarray:
+            start, end = (int(x) for x in arrays.offsets[i : i + 2])
+            return np.asarray(arrays.features[start:end])
+
+        return Example(decode(self._read(self.shards[s], example), self.cache.identity.dtype), row)
+
+    def _read(self, name: str, read: Callable[[ShardArrays], Any]) -> Any:
+        """`read` of the open shard `name`; a damaged chunk is one sentence (`_damaged`)."""
+        arrays = self._arrays(name)
+        try:
+            return read(arrays)
+        except Exception as e:  # a chunk's checksum, or any other failure of zarr or h5py
+            raise self._damaged(name, e) from None
 
     def stream(
         self,

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ytune.cache.files import checksum, size_on_disk
-from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, default_root, shard_name, shard_suffix
+from ytune.cache.format import LOCK, MANIFEST, MANIFEST_LOCK, STAGING, default_root, shard_name, shard_suffix
 from ytune.cache.manifest import Manifest, drop_shards, read_manifest, take_lock
 from ytune.cache.remote import REMOTE, filesystem, is_url, mirror, store_error, url_of
 from ytune.errors import UserError
@@ -29,19 +29,49 @@ def resolve(path_or_id: str | Path, root: str | Path | None = None) -> Path:
 
 
 def list_caches(root: str | Path | None = None) -> list[dict]:
+    """The caches under `root`, then (for a store, or the default root) the local staging copies
+    left by extractions to a store that did not finish publishing, marked `staging`."""
     if is_url(root or ""):
-        return list_remote(str(root))
+        return list_remote(str(root)) + _local(staging_copies(), staging=True)
     root = Path(root or default_root())
     if not root.is_dir():
         return []
+    caches = _local(sorted(p for p in root.iterdir() if (p / MANIFEST).exists()))
+    return caches + (_local(staging_copies(), staging=True) if root == default_root() else [])
+
+
+def _local(paths: list[Path], staging: bool = False) -> list[dict]:
     caches = []
-    for p in sorted(root.iterdir()):
-        if (p / MANIFEST).exists():
-            try:
-                caches.append(summary(p))
-            except UserError as e:  # one unreadable cache must not hide the others
-                caches.append({"path": str(p), "error": str(e)})
+    for p in paths:
+        try:
+            caches.append({**summary(p), "staging": staging})
+        except UserError as e:  # one unreadable cache must not hide the others
+            caches.append({"path": str(p), "error": str(e), "staging": staging})
     return caches
+
+
+def staging_root() -> Path:
+    """Where an extraction to a store stages the cache on local disk (`rank-N/` per rank of a
+    distributed job) until it is published."""
+    return default_root() / STAGING
+
+
+def staging_copies(cache_id: str = "*") -> list[Path]:
+    """The staging copies on this machine (of one cache, given its id)."""
+    root = staging_root()
+    found = [*root.glob(f"{cache_id}/{MANIFEST}"), *root.glob(f"rank-*/{cache_id}/{MANIFEST}")]
+    return sorted(f.parent for f in found)
+
+
+def remove_staging(path: Path) -> None:
+    """Delete a staging copy once it is published, and its rank folder if that is left empty."""
+    shutil.rmtree(path)
+    for parent in (path.parent, path.parent.parent):
+        if parent.name.startswith("rank-") or parent == staging_root():
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: other caches are staged there
+                break
 
 
 def list_remote(root: str) -> list[dict]:
@@ -92,6 +122,7 @@ def summary_of(m: Manifest, where: str) -> dict:
             for name, s in m.splits.items()
         },
         "bytes": sum(r.bytes for s in m.splits.values() for r in s.shards.values()),
+        "complete": all(s.complete for s in m.splits.values()),
     }
 
 
@@ -231,10 +262,13 @@ def publish_url(path: Path, url: str) -> str:
 
 def remove(path: Path) -> None:
     """Delete a cache; refused while a writer holds it. A cache in a store loses its manifest
-    first, so no reader sees it half deleted."""
-    read_manifest(path)  # only ever delete what is a cache
+    first, so no reader sees it half deleted; the local staging copies of its extraction go too."""
+    m = read_manifest(path)  # only ever delete what is a cache
     url = url_of(path)
     if url:
+        for staged_copy in staging_copies(m.cache_id):
+            take_lock(staged_copy).close()
+            remove_staging(staged_copy)
         fs, root = filesystem(url)
         try:
             fs.rm_file(f"{root}/{MANIFEST}")

@@ -20,7 +20,15 @@ import numpy as np
 
 from ytune.cache.backends import ShardSink, get_backend
 from ytune.cache.files import checksum, disk_error, fingerprint, is_whole, remove, size_on_disk, staged
-from ytune.cache.format import DEFAULT_SHARD_BYTES, MANIFEST, TEXTS, TMP_PREFIX, numpy_dtype, shard_name
+from ytune.cache.format import (
+    CHECKSUMS_SINCE,
+    DEFAULT_SHARD_BYTES,
+    MANIFEST,
+    TEXTS,
+    TMP_PREFIX,
+    numpy_dtype,
+    shard_name,
+)
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import (
     LabelRecord,
@@ -117,8 +125,10 @@ class CacheWriter:
             raise
 
     def _open(self, info: dict | None) -> None:
+        self.checksums = True  # a new cache is written in the current format
         if (self.path / MANIFEST).exists():
             manifest = read_manifest(self.path)
+            self.checksums = manifest.format_version >= CHECKSUMS_SINCE  # a resumed cache stays one format
             if manifest.identity != self.identity:
                 raise UserError(
                     f"{self.path} holds a cache with another identity (differs in: "
@@ -240,7 +250,7 @@ class CacheWriter:
         dtype = numpy_dtype(self.identity.dtype)
         try:
             sink = self.backend.create(
-                stage.tmp, shape, dtype, shard.offsets, shard.rows.astype(np.int64), attrs
+                stage.tmp, shape, dtype, shard.offsets, shard.rows.astype(np.int64), attrs, self.checksums
             )
         except OSError as e:
             stage.abort()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ytune.cache.format import default_root, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import read_manifest
-from ytune.cache.store import check_url, publish, publish_url
+from ytune.cache.store import check_url, publish, publish_url, remove_staging, staging_root
 from ytune.cache.writer import CacheWriter, ShardPlan
 from ytune.device import autocast as autocast_to
 from ytune.device import batch_tokens
@@ -120,7 +120,7 @@ def extract(
         # The commit protocol needs rename and locks: stage on local disk, then publish. Each rank
         # stages and uploads its own shards (its machine may be another), rank 0 the manifest last.
         check_url(remote)
-        cfg = replace(cfg, cache_dir=default_root() / "staging" / (f"rank-{rank}" if world > 1 else ""))
+        cfg = replace(cfg, cache_dir=staging_root() / (f"rank-{rank}" if world > 1 else ""))
     start = time.perf_counter()
     if world > 1:
         _init_distributed(rank, world, cfg)
@@ -162,7 +162,9 @@ def extract(
         _barrier(world)
         writer.close()
     if remote:
-        result.path = _publish(Path(result.path), remote, rank, world)
+        staging = Path(result.path)
+        result.path = _publish(staging, remote, rank, world)
+        remove_staging(staging)  # only once published: a failed upload keeps it, so a rerun resumes
     result.seconds = time.perf_counter() - start
     return result
 
