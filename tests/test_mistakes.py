@@ -3,6 +3,7 @@ overwritten unasked, a cache without labels or without an evaluation split says 
 scores against a column of another name, a limit that cuts nothing is the whole dataset, and a
 wrong or abbreviated flag is refused with its command's usage."""
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -32,8 +33,9 @@ def run(capfd, *argv) -> tuple[int, str, str]:
 
 @pytest.fixture
 def bundled(encoder, monkeypatch):
-    """`ytune extract` in this process uses the already loaded encoder."""
-    monkeypatch.setattr(pipeline, "load_encoder", lambda *a, **k: encoder)
+    """`ytune extract` in this process uses a copy of the already loaded encoder: extraction cuts
+    the model it is given to the deepest cached layer, and the session's encoder must stay whole."""
+    monkeypatch.setattr(pipeline, "load_encoder", lambda *a, **k: copy.deepcopy(encoder))
 
 
 def write_labels(path: Path, texts: list[str], labels: list[str]) -> Path:
