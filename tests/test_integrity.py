@@ -120,26 +120,36 @@ def test_a_resumed_version_1_cache_stays_without_checksums_and_reads(encoder, gl
 from test_store import run_cli, s3  # noqa: E402, F401  (s3: the moto server fixture; skips without moto)
 
 
-def test_a_damaged_mirror_shard_is_refused_then_fetched_afresh(s3, encoder, glue, tmp_path, monkeypatch):  # noqa: F811
+@pytest.fixture(scope="module")
+def store(s3):  # noqa: F811
+    """The moto server of test_store, emptied afterwards: moto keeps one state per process, and the
+    next module's server would find this one's bucket."""
+    yield s3
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{s3}/moto-api/reset", method="POST")).close()
+
+
+def test_a_damaged_mirror_shard_is_refused_then_fetched_afresh(store, encoder, glue, tmp_path, monkeypatch):
     monkeypatch.setenv("YTUNE_CACHE", str(tmp_path / "local"))
     mirrors = tmp_path / "mirrors"
     data = load_glue("sst2", ["train", "validation"], glue, limit=60)
     cfg = ExtractConfig(layers=(-1,), cache_dir="s3://caches/flip", shard_bytes=60_000, progress=False)
     url = str(extract(data, cfg, encoder=encoder).path)
     env = {"YTUNE_SHARD_CACHE": str(mirrors)}
-    first = run_cli(s3, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "ok"), env=env)
+    first = run_cli(store, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "ok"), env=env)
     assert first.returncode == 0, first.stderr
     shard = mirrors / url.rsplit("/", 1)[-1] / "train" / "shard-00001.zarr"
     flip(feature_chunk(shard))
-    damaged = run_cli(s3, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "bad"), env=env)
+    damaged = run_cli(store, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "bad"), env=env)
     line = assert_damage_refused(damaged.returncode, damaged.stderr, shard.name)
     assert f"of cache {url} is damaged in its local copy" in line and "fetch it afresh" in line, line
-    again = run_cli(s3, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "again"), env=env)
+    again = run_cli(store, "train", "--cache", url, *TRAIN, "--out", str(tmp_path / "again"), env=env)
     assert again.returncode == 0, again.stderr
 
 
 def test_staging_is_removed_once_published_listed_while_it_exists_and_removable(
-    s3,  # noqa: F811
+    store,
     encoder,
     glue,
     tmp_path,
@@ -156,7 +166,7 @@ def test_staging_is_removed_once_published_listed_while_it_exists_and_removable(
     # What an upload that failed leaves: the whole cache staged on local disk.
     staged = Path(extract(data, replace(cfg, cache_dir=local / "staging"), encoder=encoder).path)
     assert staged == local / "staging" / cache_id
-    ls = run_cli(s3, "cache", "ls", "--cache-dir", "s3://caches/staged", env={"YTUNE_CACHE": str(local)})
+    ls = run_cli(store, "cache", "ls", "--cache-dir", "s3://caches/staged", env={"YTUNE_CACHE": str(local)})
     lines = ls.stdout.splitlines()
     assert ls.returncode == 0 and len(lines) == 2, ls.stdout + ls.stderr
     assert lines[0].startswith(url) and "STAGING" not in lines[0]
@@ -166,6 +176,6 @@ def test_staging_is_removed_once_published_listed_while_it_exists_and_removable(
     assert again.skipped_shards == shards
     assert not (local / "staging").exists()
     extract(data, replace(cfg, cache_dir=local / "staging"), encoder=encoder)
-    rm = run_cli(s3, "cache", "rm", url, env={"YTUNE_CACHE": str(local)})
+    rm = run_cli(store, "cache", "rm", url, env={"YTUNE_CACHE": str(local)})
     assert rm.returncode == 0, rm.stderr
     assert not (local / "staging").exists()
