@@ -36,7 +36,7 @@ from ytune import ExtractConfig, HeadSpec, TrainConfig, UserError, cli, extract,
 from ytune.cache import manifest as manifest_module
 from ytune.cache import store
 from ytune.cache.backends import get_backend
-from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX
+from ytune.cache.format import FORMAT_VERSION, LOCK, MANIFEST_LOCK, TMP_PREFIX
 from ytune.cache.writer import CacheWriter, plan_shards
 from ytune.extract import pipeline
 from ytune.extract.encoder import load_encoder
@@ -1003,7 +1003,7 @@ def test_a_newer_format_version_is_refused_and_left_unchanged(toy, toy_originals
     shutil.copytree(
         toy_originals["hdf5"], path.parent / toy_originals["hdf5"].name.upper()
     )  # a sound neighbour
-    edit_manifest(path, lambda m: m.update(format_version=2))
+    edit_manifest(path, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     before = cache_files(path)
     if verb == "ls":
         run = ytune("cache", "ls", "--cache-dir", path.parent)
