@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +20,17 @@ from ytune.demo import DemoConfig
 from ytune.errors import UserError
 from ytune.extract.config import DataSource, ExtractConfig
 from ytune.extract.files import load_files
-from ytune.train.config import SETTINGS, HeadConfig, HeadSpec, TrainConfig, add_flags, given, parse_grid
+from ytune.train.config import (
+    SETTINGS,
+    HeadConfig,
+    HeadSpec,
+    TrainConfig,
+    add_flags,
+    given,
+    head_specs,
+    joined_layer_lists,
+    parse_grid,
+)
 
 # Only argparse and torch-free ytune modules at import: torch, transformers and the
 # shard backends load in the commands that use them, so `ytune --help` starts in a fraction of a second.
@@ -36,9 +45,7 @@ CACHE_CMD_HELP = "list, inspect, verify or remove caches, or attach a label colu
 LABEL_FILE_HELP = "CSV/TSV/JSON/JSONL/Parquet file of texts and labels; SPLIT=PATH labels that split, a bare PATH the splits named by --split; repeat for several"
 
 
-def log(message: str) -> None:
-    """What the user reads as it happens, on whatever sys.stderr is then; stdout is for scripts."""
-    print(message, file=sys.stderr)
+log = logging.getLogger(__name__)  # what the user reads as it happens (show_progress); stdout is for scripts
 
 
 class _ToStderr(logging.Handler):
@@ -56,46 +63,9 @@ def show_progress() -> None:
         logger.setLevel(logging.INFO)
 
 
-def storage_option(item: str) -> tuple[str, object]:
-    """KEY=VALUE; true/false and numbers as JSON reads them, anything else a string."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise UserError(f"--storage-option takes KEY=VALUE, not {item!r}.")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
-def configure_process(device: str | None, threads: int) -> None:
-    """Process-wide settings for training on a CPU: the program's to make, not the library's."""
-    from ytune.device import configure_cpu, pick_device
-
-    if pick_device(device).type == "cpu":
-        configure_cpu(threads)
-
-
 def cache_ls(args: argparse.Namespace) -> None:
     """List the caches under the cache directory."""
-    from ytune.cache.format import default_root
-
-    caches = store.list_caches(args.cache_dir)
-    if not caches:
-        print(f"no caches under {args.cache_dir or default_root()}")
-    for c in caches:
-        staging = (
-            "  STAGING (a local copy for a store, kept until it is published)" if c.get("staging") else ""
-        )
-        if "error" in c:
-            print(f"{c['path']}  unreadable: {c['error']}{staging}")
-            continue
-        splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())
-        layers = ",".join(map(str, c["layers"]))
-        sizes = f"layers {layers} {c['dtype']}  [{splits}]  {c['bytes'] / 1e6:.1f} MB{staging}"
-        if not c["complete"]:  # a cache that lacks shards says so here, not only in `cache info`
-            counts = ", ".join(f"{s['shards']} {n} shards" for n, s in c["splits"].items())
-            sizes += f"  INCOMPLETE: {counts}; rerun the same ytune extract to finish it"
-        print(f"{c['path']}  {c['encoder']}  {c['dataset']}  {sizes}")
+    print("\n".join(store.listing(args.cache_dir)))
 
 
 def cache_info(args: argparse.Namespace) -> None:
@@ -105,21 +75,15 @@ def cache_info(args: argparse.Namespace) -> None:
 
 def cache_verify(args: argparse.Namespace) -> None:
     """Recompute every checksum; exit 2 naming each damaged or missing shard."""
-    from ytune.cache.manifest import read_manifest
-
     path = store.resolve(args.path, args.cache_dir)
     problems = store.verify(path, drop=args.drop)
-    for p in problems:
-        print(p)
     if problems:
+        print("\n".join(problems))
         rebuild = " Damaged shards were dropped: rerun the extraction to rebuild them." if args.drop else ""
         raise UserError(
             f"cache {store.where(path)} failed verification: {len(problems)} problem(s), listed above.{rebuild}"
         )
-    splits = read_manifest(path).splits.values()
-    shards = [r for s in splits for r in s.shards.values()]
-    files = f"{len(shards)} shards and {sum(len(s.labels) for s in splits)} label files"
-    print(f"ok: {store.where(path)} ({files}, {sum(r.bytes for r in shards) / 1e6:.1f} MB, checked)")
+    print(f"ok: {store.where(path)} ({store.contents(path)}, checked)")
 
 
 def cache_rm(args: argparse.Namespace) -> None:
@@ -163,18 +127,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(result.summary())
         if all(split.labels is None for split in data.splits.values()):
             why = " (no --label-field)" if args.label_field is None and (args.data or args.dataset) else ""
-            log(f"note: no labels were attached{why}; attach them with ytune cache label")
+            log.info(f"note: no labels were attached{why}; attach them with ytune cache label")
         print(result.path)
-
-
-def head_specs(args: argparse.Namespace) -> list[HeadSpec]:
-    """The heads to train: the one the flags describe, or one per --head, each starting from the flags."""
-    from ytune.train.config import parse_pairs, with_settings
-
-    base = HeadSpec(args.head_type or "ytuning", config=given(HeadConfig, args), **given(HeadSpec, args))
-    if not args.head:
-        return [base]
-    return [with_settings(base, {"name": f"head{i}", **parse_pairs(t)}) for i, t in enumerate(args.head)]
 
 
 def print_metrics(results: dict[str, dict]) -> None:
@@ -192,22 +146,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     and picks a winner. The last stdout line is a JSON object of the best epoch's metrics on the
     evaluation split ({head: metrics} for several heads; for a sweep, the winner's name, settings
     and metrics)."""
+    from ytune.device import configure_cpu
     from ytune.train.sweep import sweep
     from ytune.train.trainer import train
 
     path = store.resolve(args.cache, args.cache_dir)
-    specs, grid = head_specs(args), parse_grid(args.sweep or [])
+    base = HeadSpec(args.head_type or "ytuning", config=given(HeadConfig, args), **given(HeadSpec, args))
+    specs, grid = head_specs(base, args.head), parse_grid(args.sweep or [])
     cfg = TrainConfig(**given(TrainConfig, args), device=args.device)
     out = args.out or os.path.join("runs", specs[0].label or path.name)
-    configure_process(args.device, args.threads)
+    configure_cpu(args.threads, args.device)
     if grid:
         winner = sweep(path, specs, grid, cfg, out, resume=args.resume)
         stands = f"the winner, {winner['winner']!r}, is what {out} stands for in ytune eval and ytune predict"
-        log(f"heads saved under {out}; {stands}")
+        log.info(f"heads saved under {out}; {stands}")
         print(json.dumps(winner, sort_keys=True))
         return
     results = train(path, specs, cfg, out, resume=args.resume)
-    log(f"heads saved under {out}")
+    log.info(f"heads saved under {out}")
     print_metrics(results)
 
 
@@ -217,10 +173,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     Metrics of trained heads on a labelled split of any cache in their feature space, each scored
     against its own label column or the one --label names; the last stdout line is a JSON object of
     metrics."""
+    from ytune.device import configure_cpu
     from ytune.train.evaluate import evaluate
 
     path = store.resolve(args.cache, args.cache_dir)
-    configure_process(args.device, args.threads)
+    configure_cpu(args.threads, args.device)
     cfg = TrainConfig(batch_size=args.batch_size, device=args.device)
     print_metrics(evaluate(args.head, path, args.split, cfg, label=args.label))
 
@@ -245,13 +202,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor(args.head, args.model, args.device)
     answers = predictor.predict(texts, pairs, progress=None if args.input else False)
     for i, answer in enumerate(answers):
-        item = {
-            "row": i + 1,
-            "text": texts[i],
-            **({"pair": pairs[i]} if pairs else {}),
-            "predictions": answer,
-        }
-        print(json.dumps(item, ensure_ascii=False))
+        pair = {"pair": pairs[i]} if pairs else {}
+        print(json.dumps({"row": i + 1, "text": texts[i], **pair, "predictions": answer}, ensure_ascii=False))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -260,10 +212,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     Extract SST-2 with the bundled all-MiniLM-L6-v2 (or reuse its cache), train a Y-Tuning head and
     the linear probe in one pass, and print their accuracy, parameters and costs."""
     from ytune.demo import demo_cache, demo_heads, format_table
+    from ytune.device import configure_cpu
 
     cfg = DemoConfig(**given(DemoConfig, args), data_dir=args.data_dir, cache_dir=args.cache_dir)
     data, cache = demo_cache(cfg)
-    configure_process(None, args.threads)  # after extraction, which keeps torch's own thread count
+    configure_cpu(args.threads)  # after extraction, which keeps torch's own thread count
     print(format_table(demo_heads(cfg, data, cache)))
 
 
@@ -354,18 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def joined_layer_lists(argv: Sequence[str]) -> list[str]:
-    """`--layers -4,-1` as `--layers=-4,-1` (and -4:-1): argparse takes a lone negative number (-1)
-    for a value but a negative list or range for an unknown option, and users type both."""
-    out: list[str] = []
-    for token in argv:
-        if out and out[-1] == "--layers" and re.fullmatch(r"-\d+(\s*[,:+]\s*-?\d+)+,?", token):
-            out[-1] = f"--layers={token}"
-        else:
-            out.append(token)
-    return out
-
-
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command line's arguments; a flag the command does not know ends with the command's own
     usage, not the top level's."""
@@ -376,13 +317,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def interrupted(args: argparse.Namespace) -> str:
-    """What an interrupted command leaves, and how to carry on from it."""
-    if args.command == "extract":
-        return "; rerun the same command to resume the extraction"
-    if args.command == "train":
-        again = "the same command" if args.resume else "the same command with --resume"
-        return f"; rerun {again} to resume after the last finished epoch"
-    return ""
+    """How to carry on from an interrupted command."""
+    if args.command not in ("extract", "train"):
+        return ""
+    again = " with --resume" if args.command == "train" and not args.resume else ""
+    return f"; rerun the same command{again} to resume where it stopped"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress()
     try:
         if args.storage_option:
-            from ytune.cache.remote import set_storage_options
+            from ytune.cache.remote import parse_storage_options, set_storage_options
 
-            set_storage_options(dict(storage_option(item) for item in args.storage_option))
+            set_storage_options(parse_storage_options(args.storage_option))
         args.run(args)
     except UserError as e:
         print(f"ytune: error: {e}", file=sys.stderr)

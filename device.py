@@ -27,10 +27,12 @@ def batch_tokens(device: torch.device, given: int | None = None) -> int:
     return given or (32768 if device.type == "cuda" else 4096)
 
 
-def configure_cpu(threads: int) -> None:
-    """Settings of the whole process for training heads on a CPU, made by the program that runs
-    (the `ytune` command, a benchmark), never by the library behind a user's back: `threads` torch
-    threads, and glibc told to keep freed blocks."""
+def configure_cpu(threads: int, device: str | None = None) -> None:
+    """Settings of the whole process for training heads on a CPU (`device`, as pick_device takes
+    it), made by the program that runs (the `ytune` command, a benchmark), never by the library
+    behind a user's back: `threads` torch threads, and glibc told to keep freed blocks."""
+    if pick_device(device).type != "cpu":
+        return
     torch.set_num_threads(threads)
     _keep_freed_memory()
 

@@ -40,6 +40,21 @@ def is_url(path: str | Path) -> bool:
     return "://" in str(path)
 
 
+def parse_storage_options(items: Sequence[str]) -> dict:
+    """`--storage-option KEY=VALUE` items as options: true/false and numbers as JSON reads them,
+    anything else a string."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--storage-option takes KEY=VALUE, not {item!r}.")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def set_storage_options(options: dict) -> None:
     """fsspec storage options for every store this process opens (`--storage-option`)."""
     _options.clear()

@@ -40,6 +40,27 @@ def list_caches(root: str | Path | None = None) -> list[dict]:
     return caches + (_local(staging_copies(), staging=True) if root == default_root() else [])
 
 
+def listing(root: str | Path | None = None) -> list[str]:
+    """`ytune cache ls`: a line per cache, saying where a cache is incomplete or a staging copy."""
+    caches = list_caches(root)
+    return [_line(c) for c in caches] or [f"no caches under {root or default_root()}"]
+
+
+def _line(c: dict) -> str:
+    staging = "  STAGING (a local copy for a store, kept until it is published)" if c["staging"] else ""
+    if "error" in c:
+        return f"{c['path']}  unreadable: {c['error']}{staging}"
+    splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())
+    line = (
+        f"{c['path']}  {c['encoder']}  {c['dataset']}  layers {','.join(map(str, c['layers']))} {c['dtype']}"
+    )
+    line += f"  [{splits}]  {c['bytes'] / 1e6:.1f} MB{staging}"
+    if not c["complete"]:  # a cache that lacks shards says so here, not only in `cache info`
+        counts = ", ".join(f"{s['shards']} {n} shards" for n, s in c["splits"].items())
+        line += f"  INCOMPLETE: {counts}; rerun the same ytune extract to finish it"
+    return line
+
+
 def _local(paths: list[Path], staging: bool = False) -> list[dict]:
     caches = []
     for p in paths:
@@ -135,6 +156,14 @@ def info(path: Path) -> dict:
         "info": m.info,
         "format_version": m.format_version,
     }
+
+
+def contents(path: Path) -> str:
+    """What verify checks: "N shards and M label files, X MB"."""
+    splits = read_manifest(path).splits.values()
+    shards = [r for s in splits for r in s.shards.values()]
+    files = f"{len(shards)} shards and {sum(len(s.labels) for s in splits)} label files"
+    return f"{files}, {sum(r.bytes for r in shards) / 1e6:.1f} MB"
 
 
 def verify(path: Path, drop: bool = False) -> list[str]:

@@ -258,9 +258,10 @@ def test_a_url_cache_dir_is_staged_locally_then_published(tmp_path, minilm, monk
     cache_id = Path(str(result.path)).name
     assert str(result.path) == f"memory://bucket/caches/{cache_id}"
     fs = fsspec.filesystem("memory")
-    staged = tmp_path / "local" / "staging" / cache_id
-    for name, content in cache_bytes(staged).items():
-        assert fs.cat(f"/bucket/caches/{cache_id}/{name}") == content
+    assert not (tmp_path / "local" / "staging" / cache_id).exists()  # staged, then removed once published
+    local = extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path / "ref"), encoder=minilm).path
+    published = cache_bytes(local)
+    assert published and all(fs.cat(f"/bucket/caches/{cache_id}/{n}") == c for n, c in published.items())
     assert json.loads(fs.cat(f"/bucket/caches/{cache_id}/manifest.json"))["splits"]["validation"]["rows"] == 8
 
 

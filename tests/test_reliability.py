@@ -71,6 +71,13 @@ class Run:
     err: str
 
 
+def extract_four_rows(glue, *argv) -> Run:
+    """`ytune extract` of SST-2's first four validation rows, with more flags."""
+    return ytune(
+        "extract", "--task", "sst2", "--data-dir", glue, "--split", "validation", "--limit", "4", *argv
+    )
+
+
 def ytune(*argv) -> Run:
     """`ytune ARGV` in this process: exit code, stdout, stderr. An exception that escapes main is
     what a user would see as a traceback: it is printed to the captured stderr and gives code 1."""
@@ -897,16 +904,8 @@ def test_a_bad_model_folder_is_one_sentence_and_writes_no_cache(tmp_path, glue, 
         (folder / "config.json").write_text('{"model_type": "bert", ')
     elif model == "a-file":
         folder.write_text("not a model")
-    run = ytune(
-        "extract",
-        "--task",
-        "sst2",
-        "--data-dir",
+    run = extract_four_rows(
         glue,
-        "--split",
-        "validation",
-        "--limit",
-        "4",
         "--model",
         folder,
         "--cache-dir",
@@ -921,16 +920,8 @@ def test_a_bad_model_folder_is_one_sentence_and_writes_no_cache(tmp_path, glue, 
     [("7", ["layer 7", "0..6"]), ("-8", ["layer -8", "-7..-1"]), ("", ["names no layer"])],
 )
 def test_layers_out_of_range_are_one_sentence_and_write_no_cache(tmp_path, fast, glue, layers, words):
-    run = ytune(
-        "extract",
-        "--task",
-        "sst2",
-        "--data-dir",
+    run = extract_four_rows(
         glue,
-        "--split",
-        "validation",
-        "--limit",
-        "4",
         f"--layers={layers}",
         "--cache-dir",
         tmp_path / "cache",
@@ -958,16 +949,8 @@ def test_an_unwritable_cache_dir_is_one_sentence(tmp_path, fast, glue):
         blocker.chmod(0o500)
         cache_dir = blocker / "sub"
     try:
-        run = ytune(
-            "extract",
-            "--task",
-            "sst2",
-            "--data-dir",
+        run = extract_four_rows(
             glue,
-            "--split",
-            "validation",
-            "--limit",
-            "4",
             "--cache-dir",
             cache_dir,
         )
@@ -1082,16 +1065,8 @@ def test_a_cache_dir_url_of_an_unknown_protocol_is_refused_before_extracting(
     tmp_path, fast, glue, monkeypatch
 ):
     monkeypatch.setenv("YTUNE_CACHE", str(tmp_path / "local"))  # where URL caches are staged
-    run = ytune(
-        "extract",
-        "--task",
-        "sst2",
-        "--data-dir",
+    run = extract_four_rows(
         glue,
-        "--split",
-        "validation",
-        "--limit",
-        "4",
         "--cache-dir",
         "nosuchproto://bucket/caches",
     )

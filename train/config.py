@@ -271,6 +271,14 @@ def parse_value(key: str, text: str):
         ) from None
 
 
+def head_specs(base: HeadSpec, heads: Sequence[str] | None) -> list[HeadSpec]:
+    """The heads to train: `base` (the flags' head), or one per `--head KEY=VALUE,...` text, each
+    starting from base and named head0, head1, ... unless it names itself."""
+    if not heads:
+        return [base]
+    return [with_settings(base, {"name": f"head{i}", **parse_pairs(t)}) for i, t in enumerate(heads)]
+
+
 def with_settings(spec: HeadSpec, settings: Mapping[str, str], name: str | None = None) -> HeadSpec:
     """`spec` with settings (as typed on the command line) applied over it."""
     fields = {f.name for f in dataclasses.fields(HeadSpec)}
@@ -352,3 +360,15 @@ def _layers_arg(text: str) -> list[int]:
         return parse_layers(text)
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def joined_layer_lists(argv: Sequence[str]) -> list[str]:
+    """`--layers -4,-1` as `--layers=-4,-1` (and -4:-1): argparse takes a lone negative number (-1)
+    for a value but a negative list or range for an unknown option, and users type both."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--layers" and re.fullmatch(r"-\d+(\s*[,:+]\s*-?\d+)+,?", token):
+            out[-1] = f"--layers={token}"
+        else:
+            out.append(token)
+    return out
