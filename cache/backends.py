@@ -65,18 +65,29 @@ class ShardSink:
     """
 
     def __init__(
-        self, features: Any, tokens: int, chunk: int, sync: Callable[[], None], close: Callable[[], None]
+        self,
+        features: Any,
+        tokens: int,
+        chunk: int,
+        flush: Callable[[], None],
+        sync: Callable[[], None],
+        close: Callable[[], None],
     ) -> None:
-        self.features, self.tokens, self.chunk, self.sync, self._close = features, tokens, chunk, sync, close
+        self.features, self.tokens, self.chunk, self._close = features, tokens, chunk, close
+        self.flush, self.sync = flush, sync
         self.written = 0
         self.pending: list[np.ndarray] = []
 
     def append(self, block: np.ndarray) -> None:
         self.pending.append(block)
-        # One chunk, then sync, whatever the batches: HDF5 places checksummed chunks as the writes
-        # and flushes come, so only the same sequence gives the same bytes (a resumed cache's).
+        # One chunk a write, each flushed to the format, whatever the batches: HDF5 places checksummed
+        # chunks as writes and flushes come, so only the same sequence gives the same bytes (a
+        # resumed cache's). The fsync, the costly part, stays once a batch.
+        written = self.written
         while sum(len(b) for b in self.pending) >= self.chunk:
             self._flush(self.chunk)
+            self.flush()
+        if self.written > written:
             self.sync()
 
     def _flush(self, count: int) -> None:
@@ -136,6 +147,7 @@ class Backend(ABC):
             features,
             shape[0],
             features.chunks[0],
+            flush=lambda: self._flush(container),
             sync=lambda: self._sync(container, path),
             close=lambda: self._close(container),
         )
@@ -151,6 +163,10 @@ class Backend(ABC):
     @abstractmethod
     def _array(self, container: Any, spec: ArraySpec) -> Any:
         """A new array of the shard as `spec` says."""
+
+    @abstractmethod
+    def _flush(self, container: Any) -> None:
+        """Hand what the format buffers to the file after each chunk (no fsync)."""
 
     @abstractmethod
     def _sync(self, container: Any, path: Path) -> None:
@@ -193,6 +209,9 @@ class ZarrBackend(Backend):
         # offsets and row are fsynced at commit; while features arrive only their chunk files change
         fsync_tree(path / FEATURES)
 
+    def _flush(self, group: zarr.Group) -> None:
+        pass  # each chunk is its own file, written whole
+
     def _close(self, group: zarr.Group) -> None:
         pass  # a zarr group keeps no files open between writes
 
@@ -226,6 +245,9 @@ class HDF5Backend(Backend):
             fletcher32=spec.checksums,
             track_times=False,
         )
+
+    def _flush(self, f: h5py.File) -> None:
+        f.flush()
 
     def _sync(self, f: h5py.File, path: Path) -> None:
         f.flush()
