@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ytune.cache.identity import Identity
 from ytune.device import batch_tokens as batch_tokens_for
 from ytune.errors import UserError
+from ytune.extract.columns import check_texts
 from ytune.extract.data import SplitData
 from ytune.extract.encoder import load_encoder, truncate
 from ytune.extract.pipeline import batches, run_encoder, tokenize
@@ -80,9 +81,9 @@ class Predictor:
         """One dict per input: for each head its label and class probabilities, or its score."""
         if not texts:
             return []
-        check_texts(texts, "text")
+        check_texts(texts, "text", "the texts to label")
         if pairs:
-            check_texts(pairs, "second text")
+            check_texts(pairs, "second text", "the texts to label")
         tok = tokenize(
             self.encoder.tokenizer,
             SplitData(list(texts), list(pairs) if pairs else None, None),
@@ -122,11 +123,3 @@ class Predictor:
             "label": names[int(np.argmax(probabilities))],
             "probabilities": {n: round(p, 5) for n, p in zip(names, probabilities, strict=True)},
         }
-
-
-def check_texts(texts: Sequence[str], what: str) -> None:
-    """Refuse an empty or whitespace-only text, naming its row (from 1), as load_files does: the
-    encoder would score features of nothing, and such a row almost always means a wrong column."""
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"Row {i + 1} of the texts to label has an empty {what}; fix or drop that row.")

@@ -36,9 +36,11 @@ def from_tables(
     texts = {}
     for split, table in tables.items():
         where = wheres[split]
-        first = _texts(table[text_field], text_field, where)
+        first = check_texts(table[text_field], text_field, where)
         second = (
-            _texts(table[text_pair_field], text_pair_field, where) if text_pair_field is not None else None
+            check_texts(table[text_pair_field], text_pair_field, where)
+            if text_pair_field is not None
+            else None
         )
         texts[split] = (first, second)
 
@@ -55,7 +57,7 @@ def from_tables(
     return TextDataset(name=limited_name(name, limit), task=spec, splits=splits)
 
 
-def _texts(values: list[Any], field: str, where: str) -> list[str]:
+def check_texts(values: Sequence[Any], field: str, where: str) -> Sequence[str]:
     """The column as it is, once every cell is a non-empty text: an empty one almost always means a
     wrong column or a broken export, and the encoder would turn it into features of nothing."""
     for i, v in enumerate(values):

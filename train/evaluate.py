@@ -13,7 +13,7 @@ import torch
 from ytune.cache.reader import SplitReader, open_cache
 from ytune.device import autocast, pick_device
 from ytune.errors import UserError
-from ytune.train.checkpoint import load_head
+from ytune.train.checkpoint import head_folders, load_head
 from ytune.train.config import TrainConfig
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import HeadBank
@@ -68,8 +68,8 @@ def evaluate(
     reader = cache.split(split)
     device = pick_device(cfg.device)
     loaded = {}
-    for d in head_dirs:
-        head, info = load_head(d)
+    for folder in [h for d in head_dirs for h in head_folders(d)]:  # a run's folder: each of its heads
+        head, info = load_head(folder)
         if info.name in loaded:
             raise UserError(f"two of the heads are named {info.name!r}; evaluate them one at a time.")
         loaded[info.name] = (head.to(device), info, info.positions(cache.identity, f"cache {cache.path}"))
