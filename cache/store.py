@@ -47,7 +47,7 @@ def listing(root: str | Path | None = None) -> list[str]:
 
 
 def _line(c: dict) -> str:
-    staging = "  STAGING (a local copy for a store, kept until it is published)" if c["staging"] else ""
+    staging = "  STAGING (a local copy for a store, kept until it is published)" if c.get("staging") else ""
     if "error" in c:
         return f"{c['path']}  unreadable: {c['error']}{staging}"
     splits = ", ".join(f"{n} {s['rows']} rows" for n, s in c["splits"].items())

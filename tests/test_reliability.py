@@ -434,8 +434,8 @@ def fill_the_disk(mp: pytest.MonkeyPatch, where: str, backend: str) -> None:
         cls = type(get_backend(backend))
         real = cls.create
 
-        def create(self, path, shape, dtype, offsets, row, attrs):
-            sink = real(self, path, shape, dtype, offsets, row, attrs)
+        def create(self, path, shape, dtype, offsets, row, attrs, checksums):
+            sink = real(self, path, shape, dtype, offsets, row, attrs, checksums)
             if attrs["shard"] == "shard-00002":
                 real_append = sink.append
 
