@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ytune.cache.format import from_storage, to_storage
 from ytune.cache.identity import Identity
 from ytune.device import batch_tokens as batch_tokens_for
 from ytune.errors import UserError
@@ -70,7 +71,7 @@ class Predictor:
             {n: (h.to(device_), info.layers) for n, (h, info) in zip(names, loaded, strict=True)}
         )
         truncate(self.encoder.model, max(self.layers))
-        self.max_length, self.dtype = first.max_length, getattr(torch, first.dtype)
+        self.max_length, self.dtype = first.max_length, first.dtype
         self.infos = {n: info for n, (_, info) in zip(names, loaded, strict=True)}
         self.batch_tokens = batch_tokens_for(device_, batch_tokens)
         self.encoder_calls = 0  # one per batch, whatever the number of heads
@@ -101,7 +102,8 @@ class Predictor:
         for rows in batches(order, tok.lengths[order], self.batch_tokens):
             hidden, mask = run_encoder(self.encoder, tok, rows, self.layers)
             self.encoder_calls += 1
-            features = hidden.to(self.dtype)  # as stored in the cache the heads were trained on
+            # as stored in the cache the heads were trained on (an int8 cache's rounding included)
+            features = from_storage(*to_storage(hidden, self.dtype, self.layers), self.dtype)
             with torch.inference_mode():
                 outputs = self.bank(features, mask)
             for name, out in outputs.items():

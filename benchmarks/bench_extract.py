@@ -62,7 +62,7 @@ from common import environment, markdown_table, write_json  # noqa: E402
 from ytune import ExtractConfig, extract, load_glue  # noqa: E402
 from ytune.cache import files  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
-from ytune.cache.format import DEFAULT_SHARD_BYTES, numpy_dtype  # noqa: E402
+from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES, numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
 from ytune.cache.writer import CacheWriter, plan_shards  # noqa: E402
 from ytune.extract import pipeline  # noqa: E402
@@ -72,7 +72,6 @@ from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
 MAX_LENGTH = 128  # ExtractConfig's default, and the naive contender's padding length
 NAIVE_BATCH = 32
-DTYPE = "float16"  # ExtractConfig's default storage dtype
 WARMUP_ROWS = 64
 A, B, C = "A ytune extract", "B bare forward loop", "C naive (pad 128, torch.save)"
 
@@ -157,18 +156,21 @@ def run_ytune(dataset: TextDataset, encoder: Encoder, layers: tuple[int, ...], a
         progress=False,
         batch_tokens=args.batch_tokens,
         backend=args.backend,
-        dtype=DTYPE,
+        dtype=args.dtype,
     )
     result = extract(dataset, cfg, encoder=encoder)
     return {"tokens": result.tokens, "rows": result.rows, "seconds": result.seconds, "path": result.path}
 
 
-def run_bare(split: SplitData, encoder: Encoder, layers: tuple[int, ...], batch_tokens: int) -> dict:
-    """The same padded batches as ytune's, through the same truncated model; nothing kept."""
+def run_bare(
+    split: SplitData, encoder: Encoder, layers: tuple[int, ...], batch_tokens: int, dtype: str
+) -> dict:
+    """The same padded batches as ytune's (planned for `dtype`), through the same truncated model;
+    nothing kept."""
     start = time.perf_counter()
     tok = tokenize(encoder.tokenizer, split, MAX_LENGTH)
     tokenized = time.perf_counter()
-    bytes_per_token = numpy_dtype(DTYPE).itemsize * len(layers) * encoder.hidden_size
+    bytes_per_token = numpy_dtype(dtype).itemsize * len(layers) * encoder.hidden_size
     plan = plan_shards(tok.lengths, bytes_per_token, DEFAULT_SHARD_BYTES)
     pad_id = encoder.tokenizer.pad_token_id or 0
     tokens = nbatches = 0
@@ -260,7 +262,7 @@ def measure(args) -> dict:
             with probe.installed():
                 got = run_ytune(data, encoder, layers, args, where)
         elif name == B:
-            got = run_bare(s, encoder, layers, batch_tokens)
+            got = run_bare(s, encoder, layers, batch_tokens, args.dtype)
         else:
             got = run_naive(s, full_model, encoder.tokenizer, layers, where)
         got["wall_s"] = time.perf_counter() - start
@@ -307,6 +309,7 @@ def measure(args) -> dict:
         "hidden": encoder.hidden_size,
         "batch_tokens": batch_tokens,
         "backend": args.backend,
+        "dtype": args.dtype,
         "torch_threads": torch.get_num_threads(),
         "temp_root": str(Path(args.dir or tempfile.gettempdir()).resolve()),
         "runs": runs,
@@ -330,7 +333,8 @@ def summarize(m: dict) -> dict:
     a_own = statistics.median(r["seconds"] for r in runs[A])
     paired_ab = statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(runs[A], runs[B], strict=True))
     paired_ac = statistics.median(c["wall_s"] / a["wall_s"] for a, c in zip(runs[A], runs[C], strict=True))
-    ideal = len(m["layers"]) * m["hidden"] * numpy_dtype(DTYPE).itemsize
+    # an int8 cache stores a float16 scale per token and layer beside the features
+    ideal = len(m["layers"]) * (m["hidden"] * numpy_dtype(m["dtype"]).itemsize + 2 * (m["dtype"] == "int8"))
     a_bytes = statistics.median(r["shard_bytes"] for r in runs[A]) / tokens
     c_bytes = statistics.median(r["file_bytes"] for r in runs[C]) / tokens
     keys = sorted({k for r in runs[A] for k in r["breakdown"]}, key=_step_order)
@@ -392,7 +396,7 @@ def report(m: dict, s: dict) -> str:
     out = [
         f"## Extraction: {m['dataset']} {m['split']}, {m['rows']} rows, {tokens} real tokens "
         f"(C pads to {m['padded_tokens_naive']}), layers {m['layers']}, hidden {m['hidden']}, "
-        f"batch_tokens {m['batch_tokens']}, {m['backend']}, torch threads {m['torch_threads']}, "
+        f"batch_tokens {m['batch_tokens']}, {m['backend']}, {m['dtype']}, torch threads {m['torch_threads']}, "
         f"temp dir under {m['temp_root']}, {len(m['runs'][A])} interleaved rounds",
         "",
         markdown_table(
@@ -456,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--batch-tokens", type=int, help="A's and B's token budget (default: extract's)")
     parser.add_argument("--backend", default="zarr", choices=("zarr", "hdf5"))
+    parser.add_argument("--dtype", default="float16", choices=DTYPES, help="A's storage dtype")
     parser.add_argument("--dir", help="where the temporary caches and files go (default: the temp dir)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--no-sync", action="store_true", help="do not sync before every timed run")

@@ -33,11 +33,12 @@ from common import environment, markdown_table, write_json
 HERE = Path(__file__).resolve().parent
 
 
-def build_cache(rows: int, glue: str, root: str) -> Path:
+def build_cache(rows: int, glue: str, root: str, dtype: str) -> Path:
     from ytune import ExtractConfig, extract, load_glue
 
     data = load_glue("sst2", ["train", "validation"], glue, limit=rows)
-    return extract(data, ExtractConfig(layers=(-4, -3, -2, -1), cache_dir=root, progress=False)).path
+    cfg = ExtractConfig(layers=(-4, -3, -2, -1), dtype=dtype, cache_dir=root, progress=False)
+    return extract(data, cfg).path
 
 
 def child(cache: str, k: int, out: str) -> None:
@@ -107,6 +108,7 @@ def main() -> None:
     p.add_argument("--cache", help="an existing cache with a train and a validation split")
     p.add_argument("--glue", default=str(HERE.parents[1] / "shared/data/glue"))
     p.add_argument("--rows", type=int, default=2000, help="training rows of the cache built without --cache")
+    p.add_argument("--dtype", default="float16", help="storage dtype of the cache built without --cache")
     p.add_argument("--ks", default="1,8,16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline", type=Path, help="another ytune checkout to time heads with, side by side")
@@ -120,7 +122,7 @@ def main() -> None:
     ks = [1, 8] if a.quick else [int(k) for k in a.ks.split(",")]
     repeats = 2 if a.quick else a.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(a.cache) if a.cache else build_cache(a.rows, a.glue, tmp + "/cache")
+        cache = Path(a.cache) if a.cache else build_cache(a.rows, a.glue, tmp + "/cache", a.dtype)
         contenders = [("0", 0, None), *[(str(k), k, None) for k in ks]]
         if a.baseline:
             contenders += [(f"{k}, baseline", int(k), a.baseline) for k in a.baseline_ks.split(",")]

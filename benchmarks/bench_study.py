@@ -74,6 +74,9 @@ LAYER_CHOICES = {
     "all": lambda n: list(range(n + 1)),
     "default": lambda n: list(default_layers(n)),
 }
+# How the cache stores features (`--methods dtype`): the default head with every default, from a
+# cache of each storage dtype; the 8-bit one is taken as the default only if it holds (RESULTS.md 8).
+STORAGE = {"float16": "float16", "int8": "int8"}
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
 GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}
 # The kinds of pass that compare settings of the default head: (settings, the one each is compared
@@ -81,6 +84,7 @@ GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1",
 COMPARISONS = {
     "variant": (VARIANTS, "default", "variant"),
     "layers": (LAYER_CHOICES, "last4", "hidden states read"),
+    "dtype": (STORAGE, "float16", "storage"),
 }
 EPOCHS = 3  # of LoRA and full fine-tuning
 
@@ -135,11 +139,26 @@ def run_layers(encoder: str, task: str, seeds: list[int], a: argparse.Namespace,
     run_pass(encoder, task, seeds, heads, a, done, cached=tuple(range(n + 1)))
 
 
-def task_cache(encoder: str, task: str, a: argparse.Namespace, cached: tuple[int, ...] | None = LAYERS):
+def run_dtypes(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
+    """The default head on ytune's default hidden states, from a cache of each storage dtype
+    (STORAGE): one pass per dtype and seed, the same rows, order and seeds."""
+    for dtype in STORAGE:
+        run_pass(encoder, task, seeds, {("dtype", dtype): HeadSpec("ytuning")}, a, done, None, dtype)
+
+
+def task_cache(
+    encoder: str,
+    task: str,
+    a: argparse.Namespace,
+    cached: tuple[int, ...] | None = LAYERS,
+    dtype: str = "float16",
+):
     """The task's rows and their cache of the `cached` hidden states (None: ytune's default ones),
     extracted once, then found."""
     data = glue_subset(task, TASKS[task], a.glue)
-    cfg = ExtractConfig(model=ENCODERS[encoder], layers=cached, cache_dir=a.cache_dir, progress=False)
+    cfg = ExtractConfig(
+        model=ENCODERS[encoder], layers=cached, dtype=dtype, cache_dir=a.cache_dir, progress=False
+    )
     return data, extract(data, cfg)
 
 
@@ -181,7 +200,8 @@ def run_pass(
     heads: dict[tuple[str, str], HeadSpec],
     a: argparse.Namespace,
     done: set,
-    cached: tuple[int, ...] = LAYERS,
+    cached: tuple[int, ...] | None = LAYERS,
+    dtype: str = "float16",
 ) -> None:
     """Train the `heads` ((method, setting) -> spec) not yet recorded, in one pass per seed over the
     task's cache of the `cached` hidden states; one record per head and seed. A head added to a
@@ -190,7 +210,7 @@ def run_pass(
     todo = [s for s in seeds if any((encoder, task, m, setting, s) not in done for m, setting in heads)]
     if not todo:
         return
-    data, ex = task_cache(encoder, task, a, cached)
+    data, ex = task_cache(encoder, task, a, cached, dtype)
     for seed in todo:
         missing = {k: spec for k, spec in heads.items() if (encoder, task, *k, seed) not in done}
         with tempfile.TemporaryDirectory() as out:
@@ -214,7 +234,14 @@ def run_pass(
                     config=spec.config,
                     layers=spec.layers,
                     heads_in_pass=len(specs),
+                    dtype=dtype,
+                    cache_bytes=cache_bytes(ex.path),
                 )
+
+
+def cache_bytes(path) -> int:
+    """The cache's bytes on disk (every shard, offsets, rows and labels)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def record_head(results: Path, key: tuple, data, m: dict, wall: float, **extra) -> None:
@@ -426,7 +453,7 @@ def main() -> None:
     p.add_argument(
         "--methods",
         default="ytuning,lora,full",
-        help="ytuning (trains the probe too), sweep (Y-Tuning swept), lora, full; variant, layers",
+        help="ytuning (trains the probe too), sweep (Y-Tuning swept), lora, full; variant, layers, dtype",
     )
     p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
     p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
@@ -439,11 +466,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="print the table from --results and stop")
     a = p.parse_args()
     if a.table:
-        print(
-            "\n\n".join(
-                [table(a.results), variants_table(a.results, "variant"), variants_table(a.results, "layers")]
-            )
-        )
+        print("\n\n".join([table(a.results), *(variants_table(a.results, m) for m in COMPARISONS)]))
         return
     configure_cpu(a.threads)
     show_progress()  # the heads' progress lines, as `ytune train` shows them
@@ -456,6 +479,8 @@ def main() -> None:
             run_variants(a.encoder, task, seeds, a, done_keys(a.results))
         if "layers" in methods:
             run_layers(a.encoder, task, seeds, a, done_keys(a.results))
+        if "dtype" in methods:
+            run_dtypes(a.encoder, task, seeds, a, done_keys(a.results))
         if "sweep" in methods:
             run_sweep(a.encoder, task, seeds, a, done_keys(a.results))
     for setting in a.settings.split(","):

@@ -25,7 +25,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from ytune.cache.files import fsync_tree
-from ytune.cache.format import FEATURES, OFFSETS, ROW, SUFFIXES, shard_suffix
+from ytune.cache.format import FEATURES, OFFSETS, ROW, SCALES, SUFFIXES, shard_suffix
 
 CHUNK_BYTES = 8 << 20  # large sequential reads, still small enough for random access to one example
 
@@ -37,6 +37,7 @@ class ShardArrays:
     features: Any  # [tokens, layers, hidden]
     offsets: Any  # [rows + 1]
     row: Any  # [rows]
+    scales: Any = None  # [tokens, layers] float16, in an int8 cache: features * scales = the values
     handle: Any = None  # the open h5py.File, kept alive while the arrays are used
 
 
@@ -50,59 +51,70 @@ class ArraySpec:
     dtype: np.dtype
     checksums: bool
     data: np.ndarray | None = None
+    chunk_rows: int | None = None  # None: about CHUNK_BYTES (`chunks`)
 
     @property
     def chunks(self) -> tuple[int, ...]:
+        if self.chunk_rows is not None:
+            return (self.chunk_rows, *self.shape[1:])
         return chunks(self.shape, self.dtype)
 
 
 class ShardSink:
-    """A shard being written: its features arrive in order, batch by batch, while the encoder runs.
+    """A shard being written: its features (and an 8-bit cache's scales) arrive in order, batch by
+    batch, while the encoder runs.
 
-    Blocks are buffered to whole chunks before they reach the store, so every chunk is written
-    once (a partial chunk would be read back and rewritten), and `sync` makes each chunk durable
-    as it goes: when the last batch arrives, only the last chunk's write and fsync remain.
+    Blocks are buffered to whole chunks before they reach the store, so every chunk is written once
+    (a partial chunk would be read back and rewritten), and `sync` makes each chunk durable as it
+    goes: when the last batch arrives, only the last chunk's write and fsync remain. The streamed
+    arrays share their chunk rows and are written chunk by chunk in lockstep.
     """
 
     def __init__(
         self,
-        features: Any,
+        arrays: list[Any],
         tokens: int,
-        chunk: int,
         flush: Callable[[], None],
         sync: Callable[[], None],
         close: Callable[[], None],
     ) -> None:
-        self.features, self.tokens, self.chunk, self._close = features, tokens, chunk, close
+        self.arrays, self.tokens, self.chunk, self._close = arrays, tokens, arrays[0].chunks[0], close
         self.flush, self.sync = flush, sync
         self.written = 0
-        self.pending: list[np.ndarray] = []
+        self.pending: list[list[np.ndarray]] = [[] for _ in arrays]
 
-    def append(self, block: np.ndarray) -> None:
-        self.pending.append(block)
+    @property
+    def features(self) -> Any:
+        return self.arrays[0]
+
+    def append(self, *blocks: np.ndarray) -> None:
+        """The next tokens of every streamed array: features, then an int8 shard's scales."""
+        for pending, block in zip(self.pending, blocks, strict=True):
+            pending.append(block)
         # One chunk a write, each flushed to the format, whatever the batches: HDF5 places checksummed
         # chunks as writes and flushes come, so only the same sequence gives the same bytes (a
         # resumed cache's). The fsync, the costly part, stays once a batch.
         written = self.written
-        while sum(len(b) for b in self.pending) >= self.chunk:
+        while sum(len(b) for b in self.pending[0]) >= self.chunk:
             self._flush(self.chunk)
             self.flush()
         if self.written > written:
             self.sync()
 
     def _flush(self, count: int) -> None:
-        data = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
-        if self.written + len(data) > self.tokens:
-            raise ValueError(f"{self.written + len(data)} tokens sent to a shard of {self.tokens}")
-        self.features[self.written : self.written + count] = data[:count]
+        for i, pending in enumerate(self.pending):
+            data = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            if self.written + len(data) > self.tokens:
+                raise ValueError(f"{self.written + len(data)} tokens sent to a shard of {self.tokens}")
+            self.arrays[i][self.written : self.written + count] = data[:count]
+            self.pending[i] = [data[count:]] if count < len(data) else []
         self.written += count
-        self.pending = [data[count:]] if count < len(data) else []
 
     def close(self) -> None:
         """Write the rest; the shard must then be complete."""
         try:
-            if self.pending:
-                self._flush(sum(len(b) for b in self.pending))
+            if self.pending[0]:
+                self._flush(sum(len(b) for b in self.pending[0]))
             if self.written != self.tokens:
                 raise ValueError(f"shard closed after {self.written} of its {self.tokens} tokens")
         finally:
@@ -132,21 +144,25 @@ class Backend(ABC):
         attrs: dict,
         checksums: bool,
     ) -> ShardSink:
-        """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink;
-        offsets and row are written now. `checksums` (format version 2 on) puts a checksum in every
-        chunk; a resumed version 1 cache goes on without, so all its shards read the same way."""
+        """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink,
+        with scales [tokens, layers] (float16) when `dtype` is int8; offsets and row are written
+        now. `checksums` (format version 2 on) puts a checksum in every chunk; a resumed version 1
+        cache goes on without, so all its shards read the same way."""
         container = self._container(path, attrs)
+        streamed = [ArraySpec(FEATURES, shape, dtype, checksums)]
+        if dtype == np.int8:
+            rows = streamed[0].chunks[0]  # chunk for chunk with the features: one write order for both
+            streamed.append(ArraySpec(SCALES, shape[:2], np.dtype(np.float16), checksums, chunk_rows=rows))
         try:
-            features = self._array(container, ArraySpec(FEATURES, shape, dtype, checksums))
+            arrays = [self._array(container, spec) for spec in streamed]
             for key, data in ((OFFSETS, offsets), (ROW, row)):
                 self._array(container, ArraySpec(key, data.shape, data.dtype, checksums, data))
         except BaseException:
             self._close(container)
             raise
         return ShardSink(
-            features,
+            arrays,
             shape[0],
-            features.chunks[0],
             flush=lambda: self._flush(container),
             sync=lambda: self._sync(container, path),
             close=lambda: self._close(container),
@@ -217,7 +233,7 @@ class ZarrBackend(Backend):
 
     def open(self, path: Path) -> ShardArrays:
         group = zarr.open_group(str(path), mode="r")
-        return ShardArrays(group[FEATURES], group[OFFSETS], group[ROW])
+        return ShardArrays(group[FEATURES], group[OFFSETS], group[ROW], group.get(SCALES))
 
 
 class HDF5Backend(Backend):
@@ -258,7 +274,7 @@ class HDF5Backend(Backend):
 
     def open(self, path: Path) -> ShardArrays:
         f = h5py.File(path, "r")
-        return ShardArrays(f[FEATURES], f[OFFSETS], f[ROW], handle=f)
+        return ShardArrays(f[FEATURES], f[OFFSETS], f[ROW], f.get(SCALES), handle=f)
 
 
 BACKENDS: dict[str, Backend] = {"zarr": ZarrBackend(), "hdf5": HDF5Backend()}

@@ -17,8 +17,10 @@ if TYPE_CHECKING:  # imported where used: the CLI builds its flags from this mod
     import numpy as np
     import torch
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKSUMS_SINCE = 2  # format versions from this one on store a checksum in every chunk of every array
+INT8_SINCE = 3  # int8 features with a scales array; only int8 caches carry it, so others stay readable
+# by a ytune that reads version 2
 DEFAULT_SHARD_BYTES = 128 << 20
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the one process allowed to write the cache
@@ -26,10 +28,16 @@ MANIFEST_LOCK = ".manifest.lock"  # held briefly around each manifest update (ra
 STAGING = "staging"  # under the cache root: caches staged for a store until published
 TEXTS = "texts.json"  # per split: the texts (and second texts) the features were extracted from
 TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
-DTYPES = ("float16", "bfloat16")
+DTYPES = ("float16", "bfloat16", "int8")
+INT8_MAX = 127  # int8 features are round(value / scale), scale = the token's absmax in its layer / INT8_MAX
 SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}  # the shard formats (manifest "backend") and their names' suffix
-FEATURES, OFFSETS, ROW = "features", "offsets", "row"
+FEATURES, SCALES, OFFSETS, ROW = "features", "scales", "offsets", "row"
 FLOAT16_LIMIT = 65520.0  # the smallest magnitude that rounds to inf in float16
+
+
+def format_version(dtype: str) -> int:
+    """The version a new cache of `dtype` is written in: the oldest that describes it."""
+    return INT8_SINCE if dtype == "int8" else CHECKSUMS_SINCE
 
 
 def default_root() -> Path:
@@ -49,18 +57,24 @@ def shard_suffix(backend: str) -> str:
         raise UserError(f"unknown cache backend {backend!r}; choose one of {', '.join(SUFFIXES)}.") from None
 
 
-def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> torch.Tensor:
-    """Features [tokens, layers, hidden] of any float dtype -> the stored dtype, on their device.
+def to_storage(
+    features: torch.Tensor, dtype: str, layers: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features [tokens, layers, hidden] of any float dtype -> the stored features and, for int8,
+    their scales [tokens, layers] (float16); on the features' device, so a GPU copies out the
+    stored bytes only.
 
     bfloat16 has no numpy dtype, so its bits are stored as uint16 and restored exactly by decode.
-    A value that float16 cannot hold is an error naming the layer: a silent inf would poison
-    every head trained on the cache.
+    int8 keeps one scale per token and layer (its absmax / INT8_MAX): no calibration pass, nothing
+    clipped, and a token's scale travels with it (the scalings compared in RESULTS.md 8). A value
+    that float16 cannot hold (float16 storage or int8's float16 scales) is an error naming the
+    layer: a silent inf would poison every head trained on the cache.
     """
     import torch
 
     if dtype == "bfloat16":
-        return features.to(torch.bfloat16).view(torch.uint16)
-    if dtype != "float16":
+        return features.to(torch.bfloat16).view(torch.uint16), None
+    if dtype not in DTYPES:
         raise UserError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
     # One max over the input (NaN fails the comparison too) is half the cost of isfinite on the
     # result; the per-layer search runs only when something is out of range.
@@ -70,24 +84,44 @@ def to_storage(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> tor
         raise UserError(
             f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16."
         )
-    return features.to(torch.float16)
+    if dtype == "float16":
+        return features.to(torch.float16), None
+    x = features.float()
+    scales = (x.abs().amax(dim=-1) / INT8_MAX).to(torch.float16)  # rounded first: decode uses these
+    step = scales.float().clamp(min=torch.finfo(torch.float16).tiny).unsqueeze(-1)
+    return torch.round(x / step).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scales
 
 
-def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> np.ndarray:
-    """to_storage, as the numpy array the cache writer takes."""
-    return to_storage(features, dtype, layers).cpu().numpy()
+def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """to_storage, as the numpy arrays the cache writer takes."""
+    stored, scales = to_storage(features, dtype, layers)
+    return stored.cpu().numpy(), None if scales is None else scales.cpu().numpy()
 
 
 def decode(stored: np.ndarray, dtype: str) -> torch.Tensor:
-    """The stored array -> a torch tensor in the cache's dtype, bit for bit (no copy)."""
+    """The stored array -> a torch tensor in the cache's dtype, bit for bit (no copy); int8 stays
+    int8 until widened with its scales."""
     import numpy as np
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(stored))
-    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+    return from_storage(torch.from_numpy(np.ascontiguousarray(stored)), None, dtype)
+
+
+def from_storage(stored: torch.Tensor, scales: torch.Tensor | None, dtype: str) -> torch.Tensor:
+    """What to_storage kept, as values: bfloat16 bits viewed as such, int8 widened with its scales."""
+    import torch
+
+    if scales is not None:
+        return widen(stored, scales)
+    return stored.view(torch.bfloat16) if dtype == "bfloat16" else stored
+
+
+def widen(stored: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """int8 features [..., hidden] and their scales [...] -> float16, on their device."""
+    return stored.to(scales.dtype) * scales.unsqueeze(-1)
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
     import numpy as np
 
-    return np.dtype(np.uint16 if dtype == "bfloat16" else np.float16)
+    return np.dtype({"bfloat16": np.uint16, "int8": np.int8}.get(dtype, np.float16))

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ytune.cache.backends import ShardArrays, get_backend
 from ytune.cache.files import is_whole, remove
-from ytune.cache.format import TEXTS, decode
+from ytune.cache.format import TEXTS, decode, widen
 from ytune.cache.identity import Identity, resolve_index
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
 from ytune.cache.remote import AHEAD, Fetcher, is_url, mirror
@@ -33,21 +33,34 @@ from ytune.errors import UserError
 BUCKET = 16  # batches per length-sorted pool in a shuffled stream
 
 
+# One example as stored: features [tokens, layers, hidden], scales [tokens, layers] (int8 caches,
+# else None), and its row in the split's source order.
+Stored = tuple[np.ndarray, np.ndarray | None, int]
+
+
 @dataclass
 class Example:
-    features: torch.Tensor  # [tokens, layers, hidden], the cache's dtype
+    features: torch.Tensor  # [tokens, layers, hidden], the cache's dtype (an int8 cache's: float16)
     row: int  # the example's row in its split's source order
 
 
 @dataclass
 class Batch:
-    features: torch.Tensor  # [B, T, layers, hidden], zero-padded
+    features: torch.Tensor  # [B, T, layers, hidden], zero-padded; int8 while `scales` is set
     mask: torch.Tensor  # [B, T] bool, True on real tokens
     labels: dict[str, torch.Tensor]  # column -> [B]: int64 classes (-1 unknown), float32 targets (nan)
     rows: torch.Tensor  # [B] int64
+    scales: torch.Tensor | None = None  # [B, T, layers] float16, while an int8 batch is not widened
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def widened(self) -> Batch:
+        """float16 features where the batch is: an 8-bit batch is widened after its copy to the GPU,
+        which so moves half the bytes."""
+        if self.scales is None:
+            return self
+        return Batch(widen(self.features, self.scales), self.mask, self.labels, self.rows)
 
     def pin_memory(self) -> Batch:
         """In page-locked memory, so that `to(cuda, non_blocking=True)` overlaps the copy with
@@ -55,7 +68,9 @@ class Batch:
         return self._map(torch.Tensor.pin_memory)
 
     def _map(self, f) -> Batch:
-        return Batch(f(self.features), f(self.mask), {k: f(v) for k, v in self.labels.items()}, f(self.rows))
+        labels = {k: f(v) for k, v in self.labels.items()}
+        scales = None if self.scales is None else f(self.scales)
+        return Batch(f(self.features), f(self.mask), labels, f(self.rows), scales)
 
 
 @dataclass
@@ -204,16 +219,21 @@ class SplitReader:
 
     def read_shard(
         self, name: str, layers: Sequence[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A whole shard as stored (float16, or uint16 bfloat16 bits): features [tokens, layers,
-        hidden], offsets [rows + 1], source rows [rows]."""
-        features, offsets, rows = self._read(
-            name, lambda a: (np.asarray(a.features[...]), np.asarray(a.offsets[...]), np.asarray(a.row[...]))
-        )
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """A whole shard as stored (float16, uint16 bfloat16 bits, or int8): features [tokens,
+        layers, hidden], an int8 cache's scales [tokens, layers] (else None), offsets [rows + 1],
+        source rows [rows]."""
+
+        def read(a: ShardArrays) -> tuple:
+            scales = None if a.scales is None else np.asarray(a.scales[...])
+            return np.asarray(a.features[...]), scales, np.asarray(a.offsets[...]), np.asarray(a.row[...])
+
+        features, scales, offsets, rows = self._read(name, read)
         positions = self.layer_positions(layers)
         if positions is not None and positions != list(range(self.num_layers)):
             features = features[:, positions]
-        return features, offsets, rows
+            scales = None if scales is None else scales[:, positions]
+        return features, scales, offsets, rows
 
     def _damaged(self, name: str, e: Exception) -> UserError:
         """The one sentence for a shard whose data cannot be read back as written: named, with the
@@ -260,11 +280,14 @@ class SplitReader:
             self._where = where
         s, i = self._where[row]
 
-        def example(arrays: ShardArrays) -> np.ndarray:
+        def example(arrays: ShardArrays) -> torch.Tensor:
             start, end = (int(x) for x in arrays.offsets[i : i + 2])
-            return np.asarray(arrays.features[start:end])
+            features = decode(np.asarray(arrays.features[start:end]), self.cache.identity.dtype)
+            if arrays.scales is None:
+                return features
+            return widen(features, torch.from_numpy(np.asarray(arrays.scales[start:end])))
 
-        return Example(decode(self._read(self.shards[s], example), self.cache.identity.dtype), row)
+        return Example(self._read(self.shards[s], example), row)
 
     def _read(self, name: str, read: Callable[[ShardArrays], Any]) -> Any:
         """`read` of the open shard `name`; a damaged chunk is one sentence (`_damaged`)."""
@@ -288,10 +311,12 @@ class SplitReader:
         worker: tuple[int, int] = (0, 1),
         keep: np.ndarray | None = None,
         pin: bool = False,
+        narrow: bool = False,
     ) -> Iterator[Batch]:
         """Batches of one epoch. `worker=(i, n)` takes every n-th shard of the epoch's order, so n
         readers together yield every example exactly once. `keep` (bool per source row) limits the
-        epoch to the rows it marks, e.g. the training rows apart from a held-out slice."""
+        epoch to the rows it marks, e.g. the training rows apart from a held-out slice. `narrow`
+        leaves an int8 cache's batches 8-bit, for `Batch.widened` after their copy to a GPU."""
         rng = np.random.default_rng([seed, epoch, worker[0]])
         order = (
             list(np.random.default_rng([seed, epoch]).permutation(self.shards)) if shuffle else self.shards
@@ -305,6 +330,7 @@ class SplitReader:
             rng if shuffle else None,
             buffer_size,
             keep,
+            narrow,
         )
         batches = (b.pin_memory() for b in batches) if pin else batches  # for CUDA: see Batch.pin_memory
         return _prefetched(batches, prefetch) if prefetch > 0 else batches
@@ -318,6 +344,7 @@ class SplitReader:
         rng: np.random.Generator | None,
         buffer_size: int,
         keep: np.ndarray | None = None,
+        narrow: bool = False,
     ) -> Iterator[Batch]:
         """Batches of `batch_size` examples. Shuffled examples are gathered in pools of BUCKET
         batches, each pool sorted by length, cut, and its batches shuffled: batches stay random
@@ -331,7 +358,8 @@ class SplitReader:
                 pool.sort(key=lambda e: len(e[0]))
             cuts = range(0, len(pool), batch_size)
             for start in rng.permutation(cuts) if rng is not None else cuts:
-                yield collate(pool[start : start + batch_size], columns, dtype)
+                batch = collate(pool[start : start + batch_size], columns, dtype)
+                yield batch if narrow else batch.widened()
 
     def _examples(
         self,
@@ -340,26 +368,29 @@ class SplitReader:
         rng: np.random.Generator | None,
         buffer_size: int,
         keep: np.ndarray | None = None,
-    ) -> Iterator[tuple[np.ndarray, int]]:
-        """(stored features, source row) pairs of the rows `keep` marks (all by default), shuffled
-        through the buffer when rng is given."""
-        buffer: list[tuple[np.ndarray, int]] = []
+    ) -> Iterator[Stored]:
+        """The stored examples of the rows `keep` marks (all by default), shuffled through the
+        buffer when rng is given."""
+        buffer: list[Stored] = []
         for i, name in enumerate(shards):
             self._prefetch(shards[i + 1 : i + 1 + AHEAD])
-            features, offsets, rows = self.read_shard(name, layers)
+            features, scales, offsets, rows = self.read_shard(name, layers)
             self._close(name)
             order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
             for i in order if keep is None else order[keep[rows[order]]]:
-                example = features[offsets[i] : offsets[i + 1]]
+                span = slice(offsets[i], offsets[i + 1])
+                example = (features[span], None if scales is None else scales[span], int(rows[i]))
                 if rng is None or buffer_size <= 1:
-                    yield example, int(rows[i])
-                elif len(buffer) < buffer_size:
-                    # A copy, so the buffer does not pin whole shards: memory stays one shard + buffer.
-                    buffer.append((example.copy(), int(rows[i])))
+                    yield example
+                    continue
+                # A copy, so the buffer does not pin whole shards: memory stays one shard + buffer.
+                example = (example[0].copy(), None if scales is None else example[1].copy(), example[2])
+                if len(buffer) < buffer_size:
+                    buffer.append(example)
                 else:
                     j = int(rng.integers(len(buffer)))
                     yield buffer[j]
-                    buffer[j] = (example.copy(), int(rows[i]))
+                    buffer[j] = example
         if rng is not None:
             for j in rng.permutation(len(buffer)):
                 yield buffer[j]
@@ -368,27 +399,32 @@ class SplitReader:
         return StreamDataset(self, batch_size, **stream_args)
 
 
-def collate(examples: Sequence[tuple[np.ndarray, int]], columns: dict[str, LabelColumn], dtype: str) -> Batch:
-    """Pad (stored features, row) pairs to the longest one; labels gathered by source row.
+def collate(examples: Sequence[Stored], columns: dict[str, LabelColumn], dtype: str) -> Batch:
+    """Pad stored examples to the longest one, still in the stored dtype (an int8 batch comes with
+    its scales); labels gathered by source row.
 
     Padding is done in numpy on the stored bits and decoded once at the end: for these many small
     float16 blocks numpy's slice copies are much faster than torch's (measured in RESULTS.md 2).
     """
-    longest = max(len(f) for f, _ in examples)
-    first = examples[0][0]
+    longest = max(len(f) for f, _, _ in examples)
+    first, first_scales, _ = examples[0]
     features = np.zeros((len(examples), longest, *first.shape[1:]), dtype=first.dtype)
+    scales = None if first_scales is None else np.zeros(features.shape[:3], dtype=first_scales.dtype)
     mask = np.zeros((len(examples), longest), dtype=bool)
-    for i, (f, _) in enumerate(examples):
+    for i, (f, s, _) in enumerate(examples):
         features[i, : len(f)] = f
         mask[i, : len(f)] = True
-    rows = torch.tensor([r for _, r in examples], dtype=torch.int64)
+        if scales is not None:
+            scales[i, : len(f)] = s
+    rows = torch.tensor([r for _, _, r in examples], dtype=torch.int64)
     labels = {}
     for name, column in columns.items():
         values = column.values[rows.numpy()]
         labels[name] = torch.from_numpy(
             values if column.kind == "classification" else values.astype(np.float32)
         )
-    return Batch(decode(features, dtype), torch.from_numpy(mask), labels, rows)
+    scales = None if scales is None else torch.from_numpy(scales)
+    return Batch(decode(features, dtype), torch.from_numpy(mask), labels, rows, scales)
 
 
 def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:

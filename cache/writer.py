@@ -26,6 +26,7 @@ from ytune.cache.format import (
     MANIFEST,
     TEXTS,
     TMP_PREFIX,
+    format_version,
     numpy_dtype,
     shard_name,
 )
@@ -140,7 +141,8 @@ class CacheWriter:
                     f"extract again with --backend {manifest.backend}."
                 )
         elif self.exclusive:
-            write_manifest(self.path, Manifest(self.identity, self.backend.name, info or {}))
+            version = format_version(self.identity.dtype)
+            write_manifest(self.path, Manifest(self.identity, self.backend.name, info or {}, {}, version))
         else:
             raise UserError(f"{self.path} has no manifest: the first rank must create the cache.")
         if self.exclusive:
@@ -229,11 +231,14 @@ class CacheWriter:
     def _shard_path(self, split: str, name: str) -> Path:
         return self.path / split / (name + self.backend.suffix)
 
-    def write_shard(self, split: str, shard: ShardPlan, features: np.ndarray) -> ShardRecord:
-        """Write one planned shard whole (features [shard.tokens, layers, hidden], storage dtype) and
-        commit it. Extraction streams instead: open_shard, then append batch by batch."""
+    def write_shard(
+        self, split: str, shard: ShardPlan, features: np.ndarray, scales: np.ndarray | None = None
+    ) -> ShardRecord:
+        """Write one planned shard whole (features [shard.tokens, layers, hidden] in the storage
+        dtype, and an int8 cache's scales: format.encode gives both) and commit it. Extraction
+        streams instead: open_shard, then append batch by batch."""
         writing = self.open_shard(split, shard, features.shape[2])
-        writing.append(features)
+        writing.append(features, scales)
         return writing.commit()
 
     def open_shard(self, split: str, shard: ShardPlan, hidden: int) -> ShardWriting:
@@ -335,16 +340,25 @@ class ShardWriting:
         self.writer, self.split, self.shard, self.stage = writer, split, shard, stage
         self.sink, self.shape, self.dtype = sink, shape, dtype
 
-    def append(self, features: np.ndarray) -> None:
-        """The next tokens of the shard: [n, layers, hidden] in the storage dtype."""
-        if features.shape[1:] != self.shape[1:] or features.dtype != self.dtype:
+    def append(self, features: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """The next tokens of the shard: [n, layers, hidden] in the storage dtype, and for int8
+        their scales [n, layers] (float16)."""
+        quantized = self.dtype == np.int8
+        if (
+            features.shape[1:] != self.shape[1:]
+            or features.dtype != self.dtype
+            or (scales is not None) != quantized
+            or (quantized and (scales.shape != features.shape[:2] or scales.dtype != np.float16))
+        ):
             self.abort()
             raise ValueError(
-                f"shard {self.shard.name}: features {features.shape} {features.dtype}, expected "
-                f"(n,) + {self.shape[1:]} {self.dtype}"
+                f"shard {self.shard.name}: features {features.shape} {features.dtype}"
+                + (f", scales {scales.shape} {scales.dtype}" if scales is not None else "")
+                + f", expected (n,) + {self.shape[1:]} {self.dtype}"
+                + (" with float16 scales (n, layers)" if quantized else "")
             )
         with self._guarded():
-            self.sink.append(features)
+            self.sink.append(features, *([scales] if quantized else []))
 
     def commit(self) -> ShardRecord:
         tmp = self.stage.tmp

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ytune.cache.format import default_root, to_storage
+from ytune.cache.format import default_root, from_storage, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url, remove_staging, staging_root
@@ -221,7 +221,7 @@ def label_vectors(encoder: Encoder, names: Sequence[str], identity: Identity) ->
     texts = [n.replace("_", " ") for n in names]
     tok = tokenize(encoder.tokenizer, SplitData(texts, None, None), identity.max_length)
     hidden, mask = run_encoder(encoder, tok, np.arange(len(texts)), identity.layers)
-    hidden = hidden.to(getattr(torch, identity.dtype)).float()
+    hidden = from_storage(*to_storage(hidden, identity.dtype, identity.layers), identity.dtype).float()
     m = mask[:, :, None, None].float()
     return ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
 
@@ -251,7 +251,7 @@ def _encode_shards(
             out.start(split, shard)
             for rows in batches(shard.rows, shard.lengths, tokens):
                 hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
-                out.put(to_storage(hidden[mask], cfg.dtype, layers).cpu())
+                out.put([t.cpu() for t in to_storage(hidden[mask], cfg.dtype, layers) if t is not None])
                 bar.update(int(mask.sum()))
                 bar.set_postfix(
                     rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}"
@@ -330,7 +330,7 @@ class _WriterThread:
                 if kind == "start":
                     shard = self.writer.open_shard(*value, self.hidden)
                 elif kind == "batch":
-                    shard.append(value.numpy())
+                    shard.append(*(t.numpy() for t in value))
                 else:
                     self.bytes += shard.commit().bytes
                     shard = None
@@ -346,8 +346,9 @@ class _WriterThread:
     def start(self, split: str, shard: ShardPlan) -> None:
         self._put(("start", (split, shard)))
 
-    def put(self, features: torch.Tensor) -> None:
-        self._put(("batch", features))
+    def put(self, stored: list[torch.Tensor]) -> None:
+        """One batch's stored features (and an int8 cache's scales)."""
+        self._put(("batch", stored))
 
     def commit(self) -> None:
         self._put(("commit", None))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ytune.cache import backends, writer
-from ytune.cache.format import encode
+from ytune.cache.format import encode, from_storage, to_storage
 from ytune.cache.identity import Identity
 
 LAYERS, HIDDEN, ROWS = (0, 3, 6), 24, 300
@@ -25,6 +25,11 @@ def lengths() -> np.ndarray:
 def features(row: int, length: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(row)
     return torch.randn(length, len(LAYERS), HIDDEN, generator=g) * 3
+
+
+def stored(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    """What a reader returns for features `x` written in `dtype` (its rounding included)."""
+    return from_storage(*to_storage(x, dtype, LAYERS), dtype)
 
 
 def identity(dtype: str) -> Identity:
@@ -48,7 +53,7 @@ def run(
                 die()
             if shard.index == die_at and die_when == "mid":
 
-                def half_then_die(sink: backends.ShardSink, block: np.ndarray) -> None:
+                def half_then_die(sink: backends.ShardSink, block: np.ndarray, *scales: np.ndarray) -> None:
                     sink.features[: len(block) // 2] = block[: len(block) // 2]  # half of its features
                     die()
 
@@ -58,7 +63,7 @@ def run(
             block = torch.cat(
                 [features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]
             )
-            w.write_shard("train", shard, encode(block, dtype, LAYERS))
+            w.write_shard("train", shard, *encode(block, dtype, LAYERS))
         w.set_labels(
             "train",
             "parity",

@@ -39,7 +39,9 @@ def run_job(root: Path, backend: str, dtype: str = "float16", *extra: str) -> su
     )
 
 
-@pytest.fixture(scope="module", params=[(b, d) for b in BACKENDS for d in ("float16", "bfloat16")], ids=str)
+@pytest.fixture(
+    scope="module", params=[(b, d) for b in BACKENDS for d in ("float16", "bfloat16", "int8")], ids=str
+)
 def written(request, tmp_path_factory):
     backend, dtype = request.param
     root = tmp_path_factory.mktemp(f"{backend}-{dtype}")
@@ -52,7 +54,7 @@ def test_write_then_read_returns_the_exact_arrays(written):
     lengths = cache_job.lengths()
     assert len(split) == cache_job.ROWS
     for row in (0, 17, cache_job.ROWS - 1):
-        expected = cache_job.features(row, int(lengths[row])).to(getattr(torch, dtype))
+        expected = cache_job.stored(cache_job.features(row, int(lengths[row])), dtype)
         got = split[row].features
         assert got.dtype == expected.dtype and torch.equal(got, expected)
 
@@ -67,7 +69,7 @@ def test_stream_yields_every_example_once_padded_and_labelled(written):
         for i, row in enumerate(batch.rows.tolist()):
             n = int(batch.mask[i].sum())
             assert n == lengths[row]
-            full = cache_job.features(row, n).to(getattr(torch, dtype))
+            full = cache_job.stored(cache_job.features(row, n), dtype)
             assert torch.equal(batch.features[i, :n], full[:, [0, 2]])
             assert not batch.features[i, n:].any()
             assert batch.labels["parity"][i] == lengths[row] % 2
@@ -124,27 +126,31 @@ def test_plan_is_deterministic_length_sorted_and_sized():
     assert all(s.tokens * 100 < 2_000 + 100 * lengths.max() for s in plan)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_storage_holds_no_padding(tmp_path, backend):
-    path = Path(cache_job.run(str(tmp_path), backend, "float16", shard_bytes=300_000))
+def test_storage_holds_no_padding(tmp_path, backend, dtype):
+    path = Path(cache_job.run(str(tmp_path), backend, dtype, shard_bytes=300_000))
     shards = json.loads((path / "manifest.json").read_text())["splits"]["train"]["shards"]
     tokens = int(cache_job.lengths().sum())
-    ideal = tokens * len(cache_job.LAYERS) * cache_job.HIDDEN * 2 + (2 * cache_job.ROWS + len(shards)) * 8
+    per_layer = {"float16": 2 * cache_job.HIDDEN, "int8": cache_job.HIDDEN + 2}[dtype]  # int8: + its scale
+    ideal = tokens * len(cache_job.LAYERS) * per_layer + (2 * cache_job.ROWS + len(shards)) * 8
     on_disk = sum(r["bytes"] for r in shards.values())
     assert len(shards) > 1
     assert ideal <= on_disk < ideal * 1.01 + 8192 * len(shards)  # a small fixed header per shard file
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend,dtype", [(b, "float16") for b in BACKENDS] + [("zarr", "int8"), ("hdf5", "int8")]
+)
 @pytest.mark.parametrize("die_when", ["before", "mid", "after-rename"])
-def test_a_killed_write_resumes_to_an_identical_cache(tmp_path, backend, die_when):
-    reference = Path(cache_job.run(str(tmp_path / "ref"), backend, "float16"))
-    killed = run_job(tmp_path / "job", backend, "float16", "--die-at", "3", "--die-when", die_when)
+def test_a_killed_write_resumes_to_an_identical_cache(tmp_path, backend, dtype, die_when):
+    reference = Path(cache_job.run(str(tmp_path / "ref"), backend, dtype))
+    killed = run_job(tmp_path / "job", backend, dtype, "--die-at", "3", "--die-when", die_when)
     assert killed.returncode == -9
     path = tmp_path / "job" / reference.name
     with pytest.raises(UserError, match="incomplete"):
         open_cache(path).split("train")  # readers never see a half-written split
-    resumed = run_job(tmp_path / "job", backend)
+    resumed = run_job(tmp_path / "job", backend, dtype)
     assert resumed.returncode == 0, resumed.stderr
     assert cache_files(path) == cache_files(reference)
     assert not list(path.rglob(f"{TMP_PREFIX}*"))
@@ -226,7 +232,9 @@ def test_float16_overflow_names_the_layer():
     features[1, 1, 2] = 1e6
     with pytest.raises(UserError, match="layer 12"):
         encode(features, "float16", [6, 12])
-    assert encode(features, "bfloat16", [6, 12]).dtype == np.uint16
+    with pytest.raises(UserError, match="layer 12"):
+        encode(features, "int8", [6, 12])  # its scales are float16
+    assert encode(features, "bfloat16", [6, 12])[0].dtype == np.uint16
 
 
 def test_cache_verbs_on_the_command_line(tmp_path):
@@ -257,8 +265,9 @@ def test_cache_verbs_on_the_command_line(tmp_path):
     assert gone.returncode == 2 and "no ytune cache" in gone.stderr
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monkeypatch, backend):
+def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monkeypatch, backend, dtype):
     """Extraction appends each batch to the open shard (buffered to whole chunks); the files must be
     the very bytes of the same shard written at once, and a wrong token count is refused."""
     monkeypatch.setattr(backends, "CHUNK_BYTES", 20_000)  # about 140 tokens: batches straddle chunks
@@ -266,7 +275,7 @@ def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monk
     paths = {}
     for how in ("whole", "streamed"):
         w = CacheWriter(
-            tmp_path / how, cache_job.identity("float16"), backend, info={"hidden_size": cache_job.HIDDEN}
+            tmp_path / how, cache_job.identity(dtype), backend, info={"hidden_size": cache_job.HIDDEN}
         )
         texts = [f"toy row {i}" for i in range(len(lengths))]
         shard = w.plan_split("train", lengths, "text-fp", shard_bytes=1 << 30, texts=(texts, None))[0]
@@ -274,18 +283,18 @@ def test_a_shard_streamed_batch_by_batch_equals_one_written_whole(tmp_path, monk
             torch.cat(
                 [cache_job.features(int(r), int(n)) for r, n in zip(shard.rows, shard.lengths, strict=True)]
             ),
-            "float16",
+            dtype,
             cache_job.LAYERS,
         )
         if how == "whole":
-            w.write_shard("train", shard, block)
+            w.write_shard("train", shard, *block)
         else:
             writing = w.open_shard("train", shard, cache_job.HIDDEN)
             for a, b in zip(shard.offsets[:-1:7], [*shard.offsets[7:-1:7], shard.offsets[-1]], strict=True):
-                writing.append(block[a:b])  # 7 rows at a time: batches that straddle chunk bounds
+                writing.append(*(x[a:b] for x in block if x is not None))  # 7 rows: straddle chunk bounds
             writing.commit()
             short = w.open_shard("train", shard, cache_job.HIDDEN)
-            short.append(block[:-1])
+            short.append(*(x[:-1] for x in block if x is not None))
             with pytest.raises(ValueError, match="closed after"):
                 short.commit()
             assert not list((w.path / "train").glob(f"{TMP_PREFIX}*"))  # the refused shard left nothing

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -253,3 +254,15 @@ def test_a_label_column_attached_to_a_store_cache_is_read_back_from_the_store(
     monkeypatch.setenv("YTUNE_SHARD_CACHE", str(tmp_path / "elsewhere"))  # another machine: a fresh mirror
     column = open_cache(url).labels("validation", "long")
     assert [column.names[v] for v in column.values] == [str(len(t.split()) > 12) for t in texts]
+
+
+def test_an_int8_cache_reads_from_the_store_as_from_local_disk(s3, encoder, glue, shard_cache, tmp_path):
+    """8-bit features and their scales travel through the store like any other array."""
+    data = load_glue("sst2", ["train"], glue, limit=60)
+    cfg = ExtractConfig(layers=(-1,), dtype="int8", cache_dir=tmp_path / "local", progress=False)
+    local = open_cache(extract(data, cfg, encoder=encoder).path).split("train")
+    url = str(extract(data, replace(cfg, cache_dir="s3://caches/int8"), encoder=encoder).path)
+    remote = open_cache(url).split("train")
+    batches = [list(s.stream(16, seed=1, prefetch=0)) for s in (local, remote)]
+    assert all(torch.equal(a.features, b.features) for a, b in zip(*batches, strict=True))
+    assert batches[0][0].features.dtype == torch.float16

@@ -42,7 +42,7 @@ def evaluate_bank(
     rows = []
     with torch.inference_mode():
         for batch in batches(reader, cfg, [], layers, shuffle=False, keep=keep):
-            batch = batch.to(device)
+            batch = batch.to(device).widened()
             with autocast(device):
                 outs = bank.forward_stacks(batch.features, batch.mask, stacks)
             for name in kinds:

@@ -49,7 +49,8 @@ def batches(
 ) -> Iterator[Batch]:
     """The split's batches (only the rows `keep` marks, if given), through a DataLoader with
     `cfg.workers` worker processes (0: read ahead by a thread of this one), page-locked on CUDA so
-    their copies to the GPU overlap compute. The stream orders itself from `cfg.seed`; the loader
+    their copies to the GPU overlap compute (an int8 cache's still 8-bit: the consumer widens
+    them). The stream orders itself from `cfg.seed`; the loader
     gets a generator of its own, because each of its iterators draws a seed from it, which from
     torch's global generator would shift the heads' dropout with every epoch and evaluation."""
     pin = pick_device(cfg.device).type == "cuda"
@@ -63,6 +64,7 @@ def batches(
         buffer_size=cfg.buffer_size,
         keep=keep,
         pin=pin,
+        narrow=pin,  # 8-bit batches cross to the GPU as stored; widened there (Batch.widened)
     )
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -223,7 +223,7 @@ class _Training:
             leave=False,
         )
         for batch in bar:
-            batch = batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True).widened()
             with autocast(self.device):
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
