@@ -98,6 +98,9 @@ class ShardSink:
         while sum(len(b) for b in self.pending[0]) >= self.chunk:
             self._flush(self.chunk)
             self.flush()
+        # What waits for the next chunk is copied: the caller may reuse its buffers (extraction's
+        # page-locked ones) as soon as this returns.
+        self.pending = [[np.concatenate(p)] if p else [] for p in self.pending]
         if self.written > written:
             self.sync()
 

@@ -58,7 +58,7 @@ def shard_suffix(backend: str) -> str:
 
 
 def to_storage(
-    features: torch.Tensor, dtype: str, layers: Sequence[int]
+    features: torch.Tensor, dtype: str, layers: Sequence[int], checked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features [tokens, layers, hidden] of any float dtype -> the stored features and, for int8,
     their scales [tokens, layers] (float16); on the features' device, so a GPU copies out the
@@ -68,28 +68,44 @@ def to_storage(
     int8 keeps one scale per token and layer (its absmax / INT8_MAX): no calibration pass, nothing
     clipped, and a token's scale travels with it (the scalings compared in RESULTS.md 8). A value
     that float16 cannot hold (float16 storage or int8's float16 scales) is an error naming the
-    layer: a silent inf would poison every head trained on the cache.
+    layer: a silent inf would poison every head trained on the cache. `checked=False` leaves that
+    check to the caller (`fits`, then `refuse`), so that a GPU pipeline need not wait for its answer.
     """
     import torch
 
-    if dtype == "bfloat16":
-        return features.to(torch.bfloat16).view(torch.uint16), None
     if dtype not in DTYPES:
         raise UserError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
-    # One max over the input (NaN fails the comparison too) is half the cost of isfinite on the
-    # result; the per-layer search runs only when something is out of range.
-    if features.numel() and not bool(features.abs().amax() < FLOAT16_LIMIT):
-        fits = (features.abs() < FLOAT16_LIMIT).flatten(start_dim=2).all(dim=2).all(dim=0)
-        bad = [layers[i] for i in torch.nonzero(~fits).flatten().tolist()]
-        raise UserError(
-            f"layer {bad[0]} holds values that float16 cannot represent; extract with --dtype bfloat16."
-        )
+    if dtype == "bfloat16":
+        return features.to(torch.bfloat16).view(torch.uint16), None
+    if checked:
+        refuse(fits(features, dtype), layers)
     if dtype == "float16":
         return features.to(torch.float16), None
     x = features.float()
     scales = (x.abs().amax(dim=-1) / INT8_MAX).to(torch.float16)  # rounded first: decode uses these
     step = scales.float().clamp(min=torch.finfo(torch.float16).tiny).unsqueeze(-1)
     return torch.round(x / step).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scales
+
+
+def fits(features: torch.Tensor, dtype: str) -> torch.Tensor:
+    """[layers] bool for features [..., layers, hidden], on their device (no wait for it): whether every value of the layer
+    fits the float16 that `dtype` stores (NaN does not; bfloat16 holds them all). One max per layer
+    over the input is half the cost of isfinite on the result."""
+    import torch
+
+    if dtype == "bfloat16" or not features.numel():
+        return torch.ones(features.shape[-2], dtype=torch.bool, device=features.device)
+    per_token = features.reshape(-1, *features.shape[-2:])  # [..., layers, hidden] -> [n, layers, hidden]
+    return per_token.abs().amax(dim=(0, 2)) < FLOAT16_LIMIT
+
+
+def refuse(fitting: torch.Tensor, layers: Sequence[int]) -> None:
+    """One sentence naming the first layer `fits` found out of float16's range."""
+    if not bool(fitting.all()):
+        bad = layers[int((~fitting.cpu()).nonzero()[0])]
+        raise UserError(
+            f"layer {bad} holds values that float16 cannot represent; extract with --dtype bfloat16."
+        )
 
 
 def encode(features: torch.Tensor, dtype: str, layers: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,10 +2,12 @@
 
 The shape of the job: tokenize every split; plan each split into length-sorted shards (the cache's
 plan); for every shard not yet committed, run the encoder over batches cut by a token budget, keep
-only the real tokens of the requested layers, and hand each batch to a writer thread behind a
-bounded queue, which appends it to the open shard, so the encoder never waits for the disk. A
-killed job rerun with the same arguments skips committed shards; under torchrun each rank takes
-every WORLD_SIZE-th shard.
+only the real tokens of the requested layers in the storage dtype (on the GPU, gathered by indices
+built on the host), copy them into reusable page-locked buffers on a side stream, and hand each
+batch to a writer thread behind a bounded queue, which waits for its copy, checks it and appends it
+to the open shard: the encoder waits for neither the copy nor the disk, and nothing on its path
+waits for the GPU. A killed job rerun with the same arguments skips committed shards; under
+torchrun each rank takes every WORLD_SIZE-th shard.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ytune.cache.format import default_root, from_storage, to_storage
+from ytune.cache.format import default_root, fits, from_storage, refuse, to_storage
 from ytune.cache.identity import Identity
 from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url, remove_staging, staging_root
@@ -42,6 +44,7 @@ TRUNCATION = "longest_first"
 # A CPU batch under this many padded tokens runs on one thread: it gains nothing from a second one
 # when the cores are free, and waits on every op for a core another job keeps busy (RESULTS.md 1).
 SMALL_BATCH_TOKENS = 256
+WRITE_AHEAD = 4  # batches queued for the writer thread; host memory holds at most this many plus two
 
 
 @dataclass
@@ -245,14 +248,17 @@ def _encode_shards(
         disable=not cfg.progress if cfg.progress is not None else None,
         file=sys.stderr,
     )
-    with _WriterThread(writer, encoder.hidden_size) as out:
+    host = HostCopies(device, slots=WRITE_AHEAD + 2)
+    with _WriterThread(writer, encoder.hidden_size, layers, WRITE_AHEAD) as out:
         for split, shard in todo:
             tok = tokenized[split]
             out.start(split, shard)
             for rows in batches(shard.rows, shard.lengths, tokens):
-                hidden, mask = run_encoder(encoder, tok, rows, layers, cfg.autocast)
-                out.put([t.cpu() for t in to_storage(hidden[mask], cfg.dtype, layers) if t is not None])
-                bar.update(int(mask.sum()))
+                hidden, _ = run_encoder(encoder, tok, rows, layers, cfg.autocast)
+                real = hidden.flatten(0, 1).index_select(0, to_device(real_tokens(tok.lengths[rows]), device))
+                stored = to_storage(real, cfg.dtype, layers, checked=False)
+                out.put(host.land([fits(real, cfg.dtype), *(t for t in stored if t is not None)]))
+                bar.update(int(tok.lengths[rows].sum()))
                 bar.set_postfix(
                     rows_s=f"{(result.rows + len(rows)) / max(bar.format_dict['elapsed'], 1e-9):.0f}"
                 )
@@ -261,6 +267,14 @@ def _encode_shards(
             out.commit()
         result.bytes += out.close()
     bar.close()
+
+
+def real_tokens(lengths: np.ndarray) -> np.ndarray:
+    """Positions of the real tokens in a batch padded to its longest row, flattened: built on the
+    host from the lengths, so gathering them (unlike a boolean mask) never waits for the GPU."""
+    positions = np.arange(int(lengths.max()))
+    keep = positions[None, :] < lengths[:, None]
+    return (np.arange(len(lengths))[:, None] * len(positions) + positions[None, :])[keep]
 
 
 def run_encoder(
@@ -296,16 +310,64 @@ def pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> 
         ids[i, :n], mask[i, :n] = tok.ids[r], 1
         if types is not None:
             types[i, :n] = tok.type_ids[r]
-    pinned = device.type == "cuda"
-
-    def move(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        return (t.pin_memory() if pinned else t).to(device, non_blocking=True)
-
-    inputs = {"input_ids": move(ids), "attention_mask": move(mask)}
+    inputs = {"input_ids": to_device(ids, device), "attention_mask": to_device(mask, device)}
     if types is not None:
-        inputs["token_type_ids"] = move(types)
+        inputs["token_type_ids"] = to_device(types, device)
     return inputs, inputs["attention_mask"].bool()
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; to a GPU from page-locked memory, without waiting for the copy."""
+    t = torch.from_numpy(a)
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
+@dataclass
+class Landed:
+    """One batch's stored arrays on the host, valid once `wait` returns; `release` hands their
+    page-locked buffers back for another batch."""
+
+    arrays: list[torch.Tensor]
+    event: torch.cuda.Event | None = None
+    release: Callable[[], None] = lambda: None
+
+    def wait(self) -> list[torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.arrays
+
+
+class HostCopies:
+    """Brings each batch's stored features from the GPU to the host without stalling the encoder:
+    reusable page-locked buffers, filled on a side stream, an event per batch; the encoder goes
+    on to its next batch at once, and only the writer thread waits for the copy. At most `slots`
+    batches are in flight, so host memory stays bounded. On a CPU the tensors are on the host
+    already and pass through."""
+
+    def __init__(self, device: torch.device, slots: int) -> None:
+        self.cuda = device.type == "cuda"
+        self.free: queue.Queue = queue.Queue()
+        if self.cuda:
+            self.stream = torch.cuda.Stream(device)
+            for _ in range(slots):
+                self.free.put({})  # buffers made at first use, grown if a batch needs more
+
+    def land(self, tensors: list[torch.Tensor]) -> Landed:
+        if not self.cuda:
+            return Landed(tensors)
+        slot = self.free.get()  # waits while `slots` batches are still being copied or written
+        self.stream.wait_stream(torch.cuda.current_stream())
+        arrays = []
+        with torch.cuda.stream(self.stream):
+            for i, t in enumerate(tensors):
+                if i not in slot or slot[i].numel() < t.numel() or slot[i].dtype != t.dtype:
+                    slot[i] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+                arrays.append(slot[i][: t.numel()].view(t.shape))
+                arrays[-1].copy_(t, non_blocking=True)
+                t.record_stream(self.stream)  # its memory is not reused before the copy is done
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return Landed(arrays, event, lambda: self.free.put(slot))
 
 
 class _WriterThread:
@@ -314,8 +376,8 @@ class _WriterThread:
     batches keeps memory small; an error in the thread (a full disk, say) is raised in the encoding
     loop at its next call."""
 
-    def __init__(self, writer: CacheWriter, hidden: int, depth: int = 4) -> None:
-        self.writer, self.hidden = writer, hidden
+    def __init__(self, writer: CacheWriter, hidden: int, layers: Sequence[int], depth: int) -> None:
+        self.writer, self.hidden, self.layers = writer, hidden, layers
         self.queue, self.error, self.bytes = queue.Queue(maxsize=depth), None, 0
         self.thread = threading.Thread(target=self._run, daemon=True, name="ytune-writer")
         self.thread.start()
@@ -330,7 +392,10 @@ class _WriterThread:
                 if kind == "start":
                     shard = self.writer.open_shard(*value, self.hidden)
                 elif kind == "batch":
-                    shard.append(*(t.numpy() for t in value))
+                    fitting, *stored = value.wait()
+                    refuse(fitting, self.layers)  # here, so that the encoder never waits to know
+                    shard.append(*(t.numpy() for t in stored))
+                    value.release()
                 else:
                     self.bytes += shard.commit().bytes
                     shard = None
@@ -346,9 +411,9 @@ class _WriterThread:
     def start(self, split: str, shard: ShardPlan) -> None:
         self._put(("start", (split, shard)))
 
-    def put(self, stored: list[torch.Tensor]) -> None:
-        """One batch's stored features (and an int8 cache's scales)."""
-        self._put(("batch", stored))
+    def put(self, landed: Landed) -> None:
+        """One batch: which layers fit float16, the stored features (and an int8 cache's scales)."""
+        self._put(("batch", landed))
 
     def commit(self) -> None:
         self._put(("commit", None))

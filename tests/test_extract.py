@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import GLUE  # noqa: E402
 from killed_job import kill_when  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
 
-from ytune import ExtractConfig, extract, load_glue, open_cache
+from ytune import ExtractConfig, UserError, extract, load_glue, open_cache
 from ytune.cache.store import verify
 from ytune.extract.encoder import load_encoder, resolve_layers, resolve_model
 
@@ -314,3 +315,22 @@ def test_extract_takes_a_saved_dataset_and_a_datasetdict(tmp_path, encoder):
     api = open_cache(extract(datasets.load_from_disk(str(folder)), cfg, encoder, text_field="sentence").path)
     (name,) = api.manifest.splits["train"].labels
     assert api.labels("train", name).names == ["pos", "neg"]
+
+
+def test_a_layer_float16_cannot_hold_stops_the_extraction_naming_it(tmp_path):
+    """The range check runs in the writer thread (the encoder never waits for its answer): the job
+    still stops with one sentence naming the layer, and commits nothing of what it could not store."""
+    encoder = load_encoder(None, "cpu")
+    with torch.no_grad():
+        encoder.model.encoder.layer[1].output.LayerNorm.weight.mul_(1e6)  # hidden state 2 overflows
+    data = load_glue("sst2", ["validation"], GLUE, limit=8)
+    # no labels: no label vectors, whose check would stop the job before any batch
+    data.splits["validation"] = replace(data.splits["validation"], labels=None)
+    cfg = ExtractConfig(layers=(1, 2), cache_dir=tmp_path, progress=False)
+    for dtype in ("float16", "int8"):
+        with pytest.raises(UserError, match="layer 2 holds values that float16 cannot represent"):
+            extract(data, replace(cfg, dtype=dtype), encoder=encoder)
+    for manifest in tmp_path.glob("*/manifest.json"):
+        assert not json.loads(manifest.read_text())["splits"]["validation"]["shards"]
+    bf16 = extract(data, replace(cfg, dtype="bfloat16"), encoder=encoder)
+    assert open_cache(bf16.path).split("validation")[0].features.float().abs().max() > 65520
