@@ -1,14 +1,16 @@
 """The fast encoder path for DeBERTa-v2/v3: disentangled-flash's encoder in place of transformers'.
 
-Its attention never builds the [B, H, T, T] relative-position scores transformers materialises for
-every layer: the Triton kernel computes them tile by tile on the GPU. The hidden states are those of
-transformers within float rounding (tests/test_attention.py), so the cache identity does not record
-which path made them, as it does not record the autocast mode.
+transformers scores every query against all 2 x position_buckets relative positions in every layer,
+then gathers the ones a batch reaches; the package scores only those (at most 2T - 1 for T tokens),
+and on CUDA its Triton kernel computes the attention tile by tile, never holding [B, H, T, T] scores. The hidden states are transformers' within float rounding
+(tests/test_attention.py), so the cache identity does not record which path made them, as it does
+not record the autocast mode.
 
-`auto` takes it only on CUDA. On a CPU the package's torch backend does the same arithmetic as
-transformers in other kernels; it was measured no faster there (benchmarks/RESULTS.md 6), so a CPU
-keeps transformers' attention unless `fast` forces the package's torch backend (what makes the path
-testable without a GPU).
+`auto` takes it wherever it runs: the Triton kernel on CUDA; the package's torch backend on a CPU,
+where it measured faster than transformers on short rows and as close to it as float32 rounding
+(benchmarks/RESULTS.md 6). On CUDA without a Triton kernel for the model (no Triton, or a head size
+the kernel lacks) `auto` keeps transformers' attention, which is unmeasured against the torch
+backend there; `fast` forces that backend.
 """
 
 from __future__ import annotations
@@ -48,13 +50,10 @@ def enable_attention(model: nn.Module, attention: str = "auto") -> bool:
             )
         log.info("attention: transformers' (disentangled-flash is not installed)")
         return False
-    if attention == "auto" and next(model.parameters()).device.type != "cuda":
-        log.info("attention: transformers' (not on CUDA; on a CPU the fast path is no faster)")
-        return False
-    # "auto" takes Triton where it runs this model: CUDA, Triton installed, a head size its kernel has
+    # the package's "auto" takes Triton where it runs this model: CUDA, Triton, a head size it has
     flash.enable_deberta_inference(model, backend="auto")
     if not isinstance(model.encoder, flash.DebertaV2OptimizedEncoder):
-        if attention == "auto":
+        if attention == "auto" and next(model.parameters()).device.type == "cuda":
             log.info("attention: transformers' (no Triton here, or a head size its kernel lacks)")
             return False
         flash.enable_deberta_inference(model, backend="torch")

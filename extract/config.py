@@ -161,7 +161,7 @@ class ExtractConfig:
         metadata={
             "choices": ATTENTION_MODES,
             "help": "DeBERTa-v2/v3 attention: fast = disentangled-flash (Triton on CUDA, its torch backend on "
-            "a CPU), eager = transformers', auto = fast on CUDA where it runs, else transformers'",
+            "a CPU), eager = transformers', auto = fast where it runs (on CUDA: where Triton does)",
         },
     )
     progress: bool | None = None  # None: a bar when stderr is a terminal

@@ -1,9 +1,10 @@
 """The fast DeBERTa-v2/v3 path (issue 28): disentangled-flash's encoder, its torch backend on this
 CPU, gives transformers' hidden states, in every weights dtype and under autocast, after the layer
-list is cut, through a whole extraction; it is refused where it cannot run, and `auto` keeps
-transformers' attention on a CPU with one line saying why."""
+list is cut, through a whole extraction; `auto` takes it on a CPU (measured faster there), it is
+refused where it cannot run, and without the package `auto` keeps transformers' with one line."""
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from conftest import GLUE
 from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
 
 from ytune import ExtractConfig, extract, load_glue, open_cache
+from ytune.errors import UserError
 from ytune.extract.encoder import forward_layers, load_encoder, resolve_model, truncate
 from ytune.extract.pipeline import pad, tokenize
 
@@ -118,9 +120,22 @@ def test_fast_on_an_encoder_that_is_not_deberta_is_one_clear_error(tmp_path, cap
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
-def test_auto_on_a_cpu_keeps_transformers_attention_and_says_why(deberta, caplog):
+def test_auto_on_a_cpu_takes_the_fast_path_and_says_so(deberta, caplog):
+    with caplog.at_level(logging.INFO, logger="ytune"):
+        encoder = load_encoder(deberta, "cpu")
+    assert type(encoder.model.encoder).__name__ == "DebertaV2OptimizedEncoder"
+    assert notes(caplog) == ["attention: disentangled-flash, torch backend"]
+
+
+def test_without_the_package_auto_keeps_transformers_and_fast_is_refused(deberta, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "disentangled_flash", None)  # what `import` meets when not installed
     with caplog.at_level(logging.INFO, logger="ytune"):
         encoder = load_encoder(deberta, "cpu")
     assert type(encoder.model.encoder).__name__ == "DebertaV2Encoder"
-    notes = [r.getMessage() for r in caplog.records if r.name == "ytune.extract.attention"]
-    assert len(notes) == 1 and notes[0].startswith("attention: transformers' (not on CUDA")
+    assert notes(caplog) == ["attention: transformers' (disentangled-flash is not installed)"]
+    with pytest.raises(UserError, match=r"^--attention fast needs disentangled-flash: pip install"):
+        load_encoder(deberta, "cpu", attention="fast")
+
+
+def notes(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ytune.extract.attention"]
