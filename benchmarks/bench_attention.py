@@ -8,18 +8,22 @@ intermediate 3072, relative attention p2c|c2p with 256 log buckets, shared keys,
 first layer; MiniLM's tokenizer and vocabulary), float32, saved once to a temporary folder and loaded
 through `load_encoder` twice, `attention="eager"` and `attention="fast"`, each cut after the
 deepest default layer (encoder.default_layers(12)) as extraction cuts it. The rows: the first N
-SST-2 training rows, tokenized at max_length 128, sorted by length and cut into the same padded
+SST-2 training rows (--task: another GLUE task's, pairs as pairs), tokenized at max_length 128, sorted by length and cut into the same padded
 batches (pipeline.batches, the CPU's token budget), each through `run_encoder` as `extract` runs it
 (inference mode, CPU: no autocast).
 
 Timing: an untimed warm-up batch, then `--rounds` passes over the batches, each batch through both
-contenders in turn; tokens/s counts real (unpadded) tokens, the median round is reported, and the ratio is the
-median of the per-round ratios. Closeness: for every real token and requested layer, the relative
+contenders in turn; tokens/s counts real (unpadded) tokens, the median round is reported, and the
+ratio is the median of the per-round ratios. Closeness: for every real token and requested layer, the relative
 difference |fast - eager| / |eager| of its hidden vector (L2 norms), max and mean; and the largest
 absolute difference of one number. One JSON line is appended to benchmarks/results/attention.jsonl.
 
+The gain comes from the position scores transformers computes for every relative bucket: it shrinks
+as rows grow towards position_buckets tokens, so `--task rte --max-length 512` (long premises)
+measures that end.
+
 usage: taskset -c 1 python benchmarks/bench_attention.py [--rows 512] [--rounds 5] [--threads 1]
-                                                          [--glue DIR] [--results FILE]
+                        [--task sst2] [--max-length 128] [--glue DIR] [--results FILE]
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ from ytune.device import batch_tokens  # noqa: E402
 from ytune.extract.encoder import Encoder, default_layers, load_encoder, resolve_model, truncate  # noqa: E402
 from ytune.extract.pipeline import Tokenized, batches, run_encoder, tokenize  # noqa: E402
 
-MAX_LENGTH = 128
 CONTENDERS = ("eager", "fast")
 
 
@@ -108,7 +111,9 @@ def closeness(fast: list[torch.Tensor], eager: list[torch.Tensor]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=512, help="the first N SST-2 training rows")
+    p.add_argument("--rows", type=int, default=512, help="the first N training rows")
+    p.add_argument("--task", default="sst2", help="the GLUE task whose training rows are encoded")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per row, longer rows cut")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--glue", help="a GLUE folder; default: $YTUNE_GLUE_DIR, else the hub")
@@ -116,14 +121,14 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
-    split = load_glue("sst2", ["train"], a.glue, limit=a.rows).splits["train"]
+    split = load_glue(a.task, ["train"], a.glue, limit=a.rows).splits["train"]
     with tempfile.TemporaryDirectory() as tmp:
         base_shaped(Path(tmp))
         encoders = {mode: load_encoder(tmp, "cpu", "float32", mode) for mode in CONTENDERS}
     layers = default_layers(12)
     for encoder in encoders.values():
         truncate(encoder.model, max(layers))
-    tok = tokenize(encoders["eager"].tokenizer, split, MAX_LENGTH)
+    tok = tokenize(encoders["eager"].tokenizer, split, a.max_length)
     order = np.argsort(tok.lengths, kind="stable")
     plan = list(batches(order, tok.lengths[order], batch_tokens(torch.device("cpu"))))
     tokens = int(tok.lengths.sum())
@@ -142,6 +147,8 @@ def main() -> None:
             ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
         "encoder": "random deberta-v2-base shape (768x12, buckets 256, conv), float32",
+        "task": a.task,
+        "max_length": a.max_length,
         "rows": len(split.texts),
         "real_tokens": tokens,
         "padded_tokens": padded,
