@@ -2,9 +2,9 @@
 
 transformers scores every query against all 2 x position_buckets relative positions in every layer,
 then gathers the ones a batch reaches; the package scores only those (at most 2T - 1 for T tokens),
-and on CUDA its Triton kernel computes the attention tile by tile, never holding [B, H, T, T] scores. The hidden states are transformers' within float rounding
-(tests/test_attention.py), so the cache identity does not record which path made them, as it does
-not record the autocast mode.
+and on CUDA its Triton kernel computes the attention tile by tile, never holding [B, H, T, T]
+scores. The hidden states are transformers' within float rounding (tests/test_attention.py), so the
+cache identity does not record which path made them, as it does not record the autocast mode.
 
 `auto` takes it wherever it runs: the Triton kernel on CUDA; the package's torch backend on a CPU,
 where it measured faster than transformers on short rows and as close to it as float32 rounding

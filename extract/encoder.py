@@ -188,6 +188,6 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
 
 def forward_layers(model: nn.Module, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
     """[B, T, len(layers), H]: the requested hidden states of one padded batch."""
-    activate(model, batch["input_ids"].shape[1])
+    activate(model, batch["input_ids"].shape[1])  # the fast path runs the lengths it has prepared
     out = model(**batch, output_hidden_states=True, return_dict=True)
     return torch.stack([out.hidden_states[i] for i in layers], dim=2)
