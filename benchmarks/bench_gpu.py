@@ -4,14 +4,19 @@ The product's main job runs a 1.5B-parameter encoder on a big GPU. This builds a
 DeBERTa-v2-XXLarge's shape with random weights (48 layers, 1536 wide, 24 attention heads, 6144 FFN,
 relative attention with p2c/c2p and 256 position buckets, shared attention keys, a 128,100-token
 embedding; speed does not depend on the weights' values), saves it in bfloat16 with the bundled
-MiniLM tokenizer (its ids are valid for the larger vocabulary), and measures in bfloat16:
+MiniLM tokenizer (its ids are valid for the larger vocabulary), and measures in bfloat16, every
+contender after a warm-up run of its own (kernels compiled, allocator and page cache warm):
 
 - A  `ytune extract` (the Python API, ExtractConfig(weights_dtype="bfloat16"), ytune's default four
-     layers) over the first --rows SST-2 training rows and the validation split: real tokens/s, and
-     model-FLOP utilisation.
-- B  a bare transformers forward loop over the very same padded batches (ytune's tokenize, shard
-     plan and batches, the same truncated model, features discarded): the floor for A.
-- C  Y-Tuning head training on A's cache, 1 and 8 default heads in one pass: examples/s.
+     layers, the default attention) over the first --rows SST-2 training rows and the validation
+     split, storing float16 and storing int8: real tokens/s, and model-FLOP utilisation.
+- B  bare forward loops over the very same padded batches (ytune's tokenize, shard plan and
+     batches, the same truncated model, features discarded), with transformers' attention and with
+     the fast path (extract/attention.py): the encoder's speed, A's ceiling.
+- D  the disk: its sustained write rate (1 GiB written and fsynced in the cache's folder), as real
+     tokens/s at float16's bytes per token; A cannot beat min(fastest B, D).
+- C  Y-Tuning head training on A's caches, 1, 8 and 32 default heads in one pass (float16) and one
+     head (int8): examples/s of the second epoch (the first holds start-up), peak GPU memory.
 
 Model FLOPs of one padded batch of B rows by T tokens, summed over the L layers run (H wide, FFN
 I wide, k position buckets), forward only:
@@ -34,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -120,6 +127,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def disk_floor(folder: Path, gib: int = 1) -> float:
+    """Bytes/s the disk under `folder` sustains for large writes made durable, as shards are."""
+    block, path = os.urandom(64 << 20), folder / "disk-floor"
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(16 * gib):
+            f.write(block)
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return gib * 2**30 / seconds
+
+
 def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> dict:
     """B: the same padded batches as ytune's (its tokenize, shard plan and batches), through the
     same truncated model under the same autocast; nothing kept."""
@@ -145,15 +165,32 @@ def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> d
     return {"tokens": tokens, "seconds": time.perf_counter() - start, "flops": flops}
 
 
-def head_throughput(cache: Path, k: int, out: Path, device: str) -> float:
-    """C: examples/s of one training epoch of k default heads in one pass."""
+def head_throughput(cache: Path, k: int, out: Path, device: torch.device) -> dict:
+    """C: examples/s of the second epoch of k default heads in one pass, and the peak GPU memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     train(
         cache,
         [HeadSpec(f"h{i}", lr=1e-3 * (1 + i / 16)) for i in range(k)],
-        TrainConfig(epochs=1, device=device),
+        TrainConfig(epochs=2, device=str(device), progress=False),
         out,
     )
-    return json.loads((out / "h0" / "metrics.json").read_text())["history"][0]["examples_per_s"]
+    history = json.loads((out / "h0" / "metrics.json").read_text())["history"]
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"examples_per_s": round(history[-1]["examples_per_s"], 1), "peak_gib": peak and round(peak, 2)}
+
+
+def extraction(folder: Path, data, warm, dtype: str, encoder, tmp: Path) -> dict:
+    """A: `ytune extract` storing `dtype`, after a warm-up extraction of its own."""
+    cfg = ExtractConfig(model=str(folder), weights_dtype="bfloat16", dtype=dtype, progress=False)
+    extract(warm, replace(cfg, cache_dir=tmp / f"warm-{dtype}"), encoder=encoder)
+    result = extract(data, replace(cfg, cache_dir=tmp / f"cache-{dtype}"), encoder=encoder)
+    return {
+        "tokens": result.tokens,
+        "seconds": result.seconds,
+        "path": Path(result.path),
+        "bytes": result.bytes,
+    }
 
 
 def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) -> dict:
@@ -162,36 +199,49 @@ def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) 
     build_encoder(shape, folder, device.type)
     build_s = time.perf_counter() - start
     data = glue_subset("sst2", rows, glue)  # the training rows and the validation split
-    encoder = load_encoder(str(folder), str(device), "bfloat16")
-    layers = resolve_layers(None, encoder.num_layers)
-    truncate(encoder.model, max(layers))
+    warm = glue_subset("sst2", 64, glue)
+    encoders = {a: load_encoder(str(folder), str(device), "bfloat16", a) for a in ("eager", "auto")}
+    layers = resolve_layers(None, encoders["auto"].num_layers)
     batch_tokens = 32768 if device.type == "cuda" else 4096  # extract's defaults
-    bare_loop(encoder, glue_subset("sst2", 64, glue), layers, batch_tokens)  # warm-up: kernels, allocator
-    bare = bare_loop(encoder, data, layers, batch_tokens)
-    cfg = ExtractConfig(model=str(folder), weights_dtype="bfloat16", cache_dir=tmp / "cache", progress=False)
-    result = extract(data, cfg, encoder=encoder)
-    cache = result.path
+    bare = {}
+    for attention, encoder in encoders.items():
+        truncate(encoder.model, max(layers))
+        bare_loop(encoder, warm, layers, batch_tokens)  # warm-up: kernels, allocator
+        bare[attention] = bare_loop(encoder, data, layers, batch_tokens)
+    del encoders["eager"]
+    runs = {d: extraction(folder, data, warm, d, encoders["auto"], tmp) for d in ("float16", "int8")}
+    seen = {b["tokens"] for b in bare.values()} | {r["tokens"] for r in runs.values()}
+    assert len(seen) == 1, f"the contenders ran different batches: {seen} real tokens"
+    disk = disk_floor(tmp)
     peak = peak_flops(device)
-    ytune_tps, bare_tps = result.tokens / result.seconds, bare["tokens"] / bare["seconds"]
-    flops_per_token = bare["flops"] / bare["tokens"]  # the same batches: the same FLOPs per real token
-    summary = {
+    flops_per_token = bare["auto"]["flops"] / bare["auto"]["tokens"]  # the same for every contender
+    speeds = {f"bare {a}": b["tokens"] / b["seconds"] for a, b in bare.items()}
+    speeds.update({f"ytune extract {d}": r["tokens"] / r["seconds"] for d, r in runs.items()})
+    bytes_per_token = 2 * len(layers) * shape["hidden_size"]
+    floor = min(max(speeds["bare eager"], speeds["bare auto"]), disk / bytes_per_token)
+    return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "shape": shape,
-        "parameters": encoder.parameters,
+        "parameters": encoders["auto"].parameters,
         "rows": rows,
-        "tokens": result.tokens,
-        "bare_tokens": bare["tokens"],  # the same batches: the same real tokens as ytune's
+        "tokens": runs["float16"]["tokens"],
         "build_s": round(build_s, 1),
-        "ytune_tokens_per_s": round(ytune_tps, 1),
-        "bare_tokens_per_s": round(bare_tps, 1),
-        "ytune_vs_bare": round(ytune_tps / bare_tps, 3),
-        "model_gflop_per_s": round(ytune_tps * flops_per_token / 1e9, 2),
-        "mfu": round(ytune_tps * flops_per_token / peak, 4) if peak else None,
-        "bare_mfu": round(bare_tps * flops_per_token / peak, 4) if peak else None,
-        "heads_1_examples_per_s": round(head_throughput(cache, 1, tmp / "h1", str(device)), 1),
-        "heads_8_examples_per_s": round(head_throughput(cache, 8, tmp / "h8", str(device)), 1),
+        "tokens_per_s": {k: round(v, 1) for k, v in speeds.items()},
+        "mfu": {k: peak and round(v * flops_per_token / peak, 4) for k, v in speeds.items()},
+        "disk_gb_per_s": round(disk / 1e9, 2),
+        "disk_tokens_per_s": round(disk / bytes_per_token, 1),
+        "floor_tokens_per_s": round(floor, 1),
+        "ytune_vs_floor": round(speeds["ytune extract float16"] / floor, 3),
+        "fast_vs_transformers": round(speeds["bare auto"] / speeds["bare eager"], 3),
+        "int8_vs_float16_bytes": round(runs["int8"]["bytes"] / runs["float16"]["bytes"], 4),
+        "heads": {
+            **{
+                f"{k} float16": head_throughput(runs["float16"]["path"], k, tmp / f"h{k}", device)
+                for k in (1, 8, 32)
+            },
+            "1 int8": head_throughput(runs["int8"]["path"], 1, tmp / "h1-int8", device),
+        },
     }
-    return summary
 
 
 def cpu_xxl(glue: str, tmp: Path) -> dict:
@@ -267,16 +317,13 @@ def main() -> None:
             summary = measure(XXL, a.rows or 20000, a.glue, torch.device("cuda"), Path(tmp))
     summary["environment"] = environment()
     if not a.cpu_xxl:
-        keys = [
-            "ytune_tokens_per_s",
-            "bare_tokens_per_s",
-            "ytune_vs_bare",
-            "model_gflop_per_s",
-            "mfu",
-            "heads_1_examples_per_s",
-            "heads_8_examples_per_s",
-        ]
+        rows = [[k, v, summary["mfu"][k]] for k, v in summary["tokens_per_s"].items()]
+        rows += [["disk (float16 bytes)", summary["disk_tokens_per_s"], ""]]
+        print(markdown_table(["extraction", "real tokens/s", "MFU"], rows), file=sys.stderr)
+        keys = ("floor_tokens_per_s", "ytune_vs_floor", "fast_vs_transformers", "int8_vs_float16_bytes")
         print(markdown_table(["measure", "value"], [[k, summary[k]] for k in keys]), file=sys.stderr)
+        heads = [[k, h["examples_per_s"], h["peak_gib"]] for k, h in summary["heads"].items()]
+        print(markdown_table(["heads in one pass", "examples/s", "peak GiB"], heads), file=sys.stderr)
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))

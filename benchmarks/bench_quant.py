@@ -4,11 +4,12 @@ the hidden states ytune caches by default (RESULTS.md 8).
 For the first --rows SST-2 training sentences, the encoder's default hidden states (float32, every
 real token) are rounded by each scaling and compared with the original: relative error (the norm
 of the difference over the norm of the features) and the mean cosine of each token's vector. The
-scalings: int8 with one absmax scale per token and layer (what ytune stores: no calibration, no
-clipping), int8 with one scale per channel and layer (calibrated on these very rows: optimistic,
-and a cache would have to fix it before its first shard), both (channels smoothed by the square
-root of their absmax, SmoothQuant's alpha 0.5, then per token), and float8 e4m3 with per-token
-scales. Also each layer's outlier channels: the largest channel absmax over the median one.
+scalings: int8 with one absmax scale per 64 channels of each token and layer (what ytune stores:
+no calibration, no clipping), int8 with one scale per token and layer, int8 with one scale per
+channel and layer (calibrated on these very rows: optimistic, and a cache would have to fix it
+before its first shard), both (channels smoothed by the square root of their absmax, SmoothQuant's
+alpha 0.5, then per token), and float8 e4m3 with per-token scales. Also each layer's outlier
+channels: the largest channel absmax over the median one.
 
     python benchmarks/bench_quant.py                               # the bundled MiniLM
     python benchmarks/bench_quant.py --model ~/.cache/ytune-models/all-mpnet-base-v2
@@ -58,7 +59,10 @@ def roundings(x: torch.Tensor, layers: tuple[int, ...]) -> dict[str, torch.Tenso
     e4m3 = x.abs().amax(-1, keepdim=True) / torch.finfo(torch.float8_e4m3fn).max
     return {
         "float16": x.half().float(),
-        "int8, per token (ytune's)": from_storage(*to_storage(x, "int8", layers), "int8").float(),
+        "int8, per 64 channels of a token (ytune's)": from_storage(
+            *to_storage(x, "int8", layers), "int8"
+        ).float(),
+        "int8, per token": int8(x, x.abs().amax(-1, keepdim=True) / 127),
         "int8, per channel (calibrated here)": int8(x, channel / 127),
         "int8, channels smoothed, then per token": int8(xs, xs.abs().amax(-1, keepdim=True) / 127) * smooth,
         "float8 e4m3, per token": (x / e4m3).to(torch.float8_e4m3fn).float() * e4m3,

@@ -25,7 +25,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from ytune.cache.files import fsync_tree
-from ytune.cache.format import FEATURES, OFFSETS, ROW, SCALES, SUFFIXES, shard_suffix
+from ytune.cache.format import FEATURES, OFFSETS, ROW, SCALES, SUFFIXES, int8_group, shard_suffix
 
 CHUNK_BYTES = 8 << 20  # large sequential reads, still small enough for random access to one example
 
@@ -37,7 +37,7 @@ class ShardArrays:
     features: Any  # [tokens, layers, hidden]
     offsets: Any  # [rows + 1]
     row: Any  # [rows]
-    scales: Any = None  # [tokens, layers] float16, in an int8 cache: features * scales = the values
+    scales: Any = None  # [tokens, layers, groups] float16, in an int8 cache (format.widen)
     handle: Any = None  # the open h5py.File, kept alive while the arrays are used
 
 
@@ -148,14 +148,15 @@ class Backend(ABC):
         checksums: bool,
     ) -> ShardSink:
         """Start a shard at `path` whose features [tokens, layers, hidden] arrive through the sink,
-        with scales [tokens, layers] (float16) when `dtype` is int8; offsets and row are written
+        with scales [tokens, layers, groups] (float16) when `dtype` is int8; offsets and row are written
         now. `checksums` (format version 2 on) puts a checksum in every chunk; a resumed version 1
         cache goes on without, so all its shards read the same way."""
         container = self._container(path, attrs)
         streamed = [ArraySpec(FEATURES, shape, dtype, checksums)]
         if dtype == np.int8:
             rows = streamed[0].chunks[0]  # chunk for chunk with the features: one write order for both
-            streamed.append(ArraySpec(SCALES, shape[:2], np.dtype(np.float16), checksums, chunk_rows=rows))
+            groups = (*shape[:2], shape[2] // int8_group(shape[2]))
+            streamed.append(ArraySpec(SCALES, groups, np.dtype(np.float16), checksums, chunk_rows=rows))
         try:
             arrays = [self._array(container, spec) for spec in streamed]
             for key, data in ((OFFSETS, offsets), (ROW, row)):

@@ -29,7 +29,8 @@ STAGING = "staging"  # under the cache root: caches staged for a store until pub
 TEXTS = "texts.json"  # per split: the texts (and second texts) the features were extracted from
 TMP_PREFIX = ".tmp-"  # shards and manifests being written; never part of a cache
 DTYPES = ("float16", "bfloat16", "int8")
-INT8_MAX = 127  # int8 features are round(value / scale), scale = the token's absmax in its layer / INT8_MAX
+INT8_MAX = 127  # int8 features are round(value / scale), scale = the group's absmax / INT8_MAX
+INT8_GROUP = 64  # channels that share a scale (per token and layer); scales add 2 / INT8_GROUP bytes a value
 SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}  # the shard formats (manifest "backend") and their names' suffix
 FEATURES, SCALES, OFFSETS, ROW = "features", "scales", "offsets", "row"
 FLOAT16_LIMIT = 65520.0  # the smallest magnitude that rounds to inf in float16
@@ -61,12 +62,13 @@ def to_storage(
     features: torch.Tensor, dtype: str, layers: Sequence[int], checked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features [tokens, layers, hidden] of any float dtype -> the stored features and, for int8,
-    their scales [tokens, layers] (float16); on the features' device, so a GPU copies out the
-    stored bytes only.
+    their scales [tokens, layers, groups] (float16); on the features' device, so a GPU copies out
+    the stored bytes only.
 
     bfloat16 has no numpy dtype, so its bits are stored as uint16 and restored exactly by decode.
-    int8 keeps one scale per token and layer (its absmax / INT8_MAX): no calibration pass, nothing
-    clipped, and a token's scale travels with it (the scalings compared in RESULTS.md 8). A value
+    int8 keeps one scale per group of `int8_group(hidden)` channels of each token and layer (their
+    absmax / INT8_MAX): no calibration pass, nothing clipped, a token's scales travel with it, and
+    an outlier channel coarsens only its own group (the scalings compared in RESULTS.md 8). A value
     that float16 cannot hold (float16 storage or int8's float16 scales) is an error naming the
     layer: a silent inf would poison every head trained on the cache. `checked=False` leaves that
     check to the caller (`fits`, then `refuse`), so that a GPU pipeline need not wait for its answer.
@@ -81,10 +83,17 @@ def to_storage(
         refuse(fits(features, dtype), layers)
     if dtype == "float16":
         return features.to(torch.float16), None
-    x = features.float()
+    hidden = features.shape[-1]
+    x = features.float().unflatten(-1, (-1, int8_group(hidden)))  # [..., groups, group]
     scales = (x.abs().amax(dim=-1) / INT8_MAX).to(torch.float16)  # rounded first: decode uses these
     step = scales.float().clamp(min=torch.finfo(torch.float16).tiny).unsqueeze(-1)
-    return torch.round(x / step).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scales
+    return torch.round(x / step).clamp(-INT8_MAX, INT8_MAX).to(torch.int8).flatten(-2), scales
+
+
+def int8_group(hidden: int) -> int:
+    """Channels per scale: INT8_GROUP, or the largest divisor of `hidden` below it (at least 16, so
+    scales stay a small part of the bytes); a width with none shares one scale over the vector."""
+    return next((g for g in range(INT8_GROUP, 15, -1) if hidden % g == 0), hidden)
 
 
 def fits(features: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -133,8 +142,9 @@ def from_storage(stored: torch.Tensor, scales: torch.Tensor | None, dtype: str) 
 
 
 def widen(stored: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """int8 features [..., hidden] and their scales [...] -> float16, on their device."""
-    return stored.to(scales.dtype) * scales.unsqueeze(-1)
+    """int8 features [..., hidden] and their scales [..., groups] -> float16, on their device."""
+    grouped = stored.to(scales.dtype).unflatten(-1, (scales.shape[-1], -1))
+    return (grouped * scales.unsqueeze(-1)).flatten(-2)
 
 
 def numpy_dtype(dtype: str) -> np.dtype:

@@ -33,7 +33,7 @@ from ytune.errors import UserError
 BUCKET = 16  # batches per length-sorted pool in a shuffled stream
 
 
-# One example as stored: features [tokens, layers, hidden], scales [tokens, layers] (int8 caches,
+# One example as stored: features [tokens, layers, hidden], scales [tokens, layers, groups] (int8 caches,
 # else None), and its row in the split's source order.
 Stored = tuple[np.ndarray, np.ndarray | None, int]
 
@@ -50,7 +50,7 @@ class Batch:
     mask: torch.Tensor  # [B, T] bool, True on real tokens
     labels: dict[str, torch.Tensor]  # column -> [B]: int64 classes (-1 unknown), float32 targets (nan)
     rows: torch.Tensor  # [B] int64
-    scales: torch.Tensor | None = None  # [B, T, layers] float16, while an int8 batch is not widened
+    scales: torch.Tensor | None = None  # [B, T, layers, groups] float16, while an int8 batch is not widened
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -221,7 +221,7 @@ class SplitReader:
         self, name: str, layers: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """A whole shard as stored (float16, uint16 bfloat16 bits, or int8): features [tokens,
-        layers, hidden], an int8 cache's scales [tokens, layers] (else None), offsets [rows + 1],
+        layers, hidden], an int8 cache's scales [tokens, layers, groups] (else None), offsets [rows + 1],
         source rows [rows]."""
 
         def read(a: ShardArrays) -> tuple:
@@ -409,7 +409,9 @@ def collate(examples: Sequence[Stored], columns: dict[str, LabelColumn], dtype: 
     longest = max(len(f) for f, _, _ in examples)
     first, first_scales, _ = examples[0]
     features = np.zeros((len(examples), longest, *first.shape[1:]), dtype=first.dtype)
-    scales = None if first_scales is None else np.zeros(features.shape[:3], dtype=first_scales.dtype)
+    scales = None
+    if first_scales is not None:
+        scales = np.zeros((*features.shape[:3], first_scales.shape[-1]), dtype=first_scales.dtype)
     mask = np.zeros((len(examples), longest), dtype=bool)
     for i, (f, s, _) in enumerate(examples):
         features[i, : len(f)] = f

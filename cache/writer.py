@@ -342,20 +342,20 @@ class ShardWriting:
 
     def append(self, features: np.ndarray, scales: np.ndarray | None = None) -> None:
         """The next tokens of the shard: [n, layers, hidden] in the storage dtype, and for int8
-        their scales [n, layers] (float16)."""
+        their scales [n, layers, groups] (float16)."""
         quantized = self.dtype == np.int8
         if (
             features.shape[1:] != self.shape[1:]
             or features.dtype != self.dtype
             or (scales is not None) != quantized
-            or (quantized and (scales.shape != features.shape[:2] or scales.dtype != np.float16))
+            or (quantized and (scales.shape[:2] != features.shape[:2] or scales.dtype != np.float16))
         ):
             self.abort()
             raise ValueError(
                 f"shard {self.shard.name}: features {features.shape} {features.dtype}"
                 + (f", scales {scales.shape} {scales.dtype}" if scales is not None else "")
                 + f", expected (n,) + {self.shape[1:]} {self.dtype}"
-                + (" with float16 scales (n, layers)" if quantized else "")
+                + (" with float16 scales (n, layers, groups)" if quantized else "")
             )
         with self._guarded():
             self.sink.append(features, *([scales] if quantized else []))

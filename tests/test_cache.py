@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ytune import UserError, open_cache
 from ytune.cache import backends, store
-from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX, encode
+from ytune.cache.format import LOCK, MANIFEST_LOCK, TMP_PREFIX, encode, int8_group
 from ytune.cache.identity import Identity
 from ytune.cache.writer import CacheWriter, plan_shards
 
@@ -132,7 +132,8 @@ def test_storage_holds_no_padding(tmp_path, backend, dtype):
     path = Path(cache_job.run(str(tmp_path), backend, dtype, shard_bytes=300_000))
     shards = json.loads((path / "manifest.json").read_text())["splits"]["train"]["shards"]
     tokens = int(cache_job.lengths().sum())
-    per_layer = {"float16": 2 * cache_job.HIDDEN, "int8": cache_job.HIDDEN + 2}[dtype]  # int8: + its scale
+    groups = cache_job.HIDDEN // int8_group(cache_job.HIDDEN)
+    per_layer = {"float16": 2 * cache_job.HIDDEN, "int8": cache_job.HIDDEN + 2 * groups}[dtype]  # + scales
     ideal = tokens * len(cache_job.LAYERS) * per_layer + (2 * cache_job.ROWS + len(shards)) * 8
     on_disk = sum(r["bytes"] for r in shards.values())
     assert len(shards) > 1

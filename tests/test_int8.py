@@ -1,4 +1,5 @@
-"""8-bit caches: int8 features with one float16 scale per token and layer, on real MiniLM features.
+"""8-bit caches: int8 features with a float16 scale per 64 channels of each token and layer, on real
+MiniLM features.
 
 Half the bytes of float16, values within half a quantization step of float16's, and everything
 that holds for a 16-bit cache holds for them: the identity tells them apart, chunks are
@@ -73,10 +74,11 @@ def test_int8_values_are_within_half_a_step_of_float16(caches):
         assert (
             b.dtype == torch.float16 and b.shape == a.shape
         )  # readers return float16, as for float16 caches
-        step = a.abs().amax(-1, keepdim=True) / 127
+        groups = a.unflatten(-1, (6, 64))  # MiniLM's 384 channels: 6 groups of 64, a scale each
+        step = (groups.abs().amax(-1, keepdim=True) / 127).expand_as(groups).flatten(-2)
         assert ((b.float() - a).abs() <= step * 0.5 + a.abs() * 2e-3 + 1e-3).all()
         errors.append(float((b.float() - a).norm() / a.norm()))
-    assert 0 < max(errors) < 0.03  # rounded, but by about 2% of the features' norm
+    assert 0 < max(errors) < 0.015  # rounded, but by about 1% of the features' norm
 
 
 def test_a_stream_of_an_int8_cache_widens_where_the_batch_is(caches):
@@ -84,7 +86,7 @@ def test_a_stream_of_an_int8_cache_widens_where_the_batch_is(caches):
     wide = next(iter(split.stream(16, shuffle=False, prefetch=0)))
     narrow = next(iter(split.stream(16, shuffle=False, prefetch=0, narrow=True)))
     assert wide.features.dtype == torch.float16 and wide.scales is None
-    assert narrow.features.dtype == torch.int8 and narrow.scales.shape == narrow.features.shape[:3]
+    assert narrow.features.dtype == torch.int8 and narrow.scales.shape == (*narrow.features.shape[:3], 6)
     assert torch.equal(narrow.widened().features, wide.features)
     row = int(wide.rows[0])
     assert torch.equal(wide.features[0, : len(split[row].features)], split[row].features)
