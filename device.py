@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 import torch
 
 AUTOCASTS = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -20,6 +21,12 @@ def autocast(device: torch.device, mode: str = "bf16"):
     none: bf16 is slower there, and extracted features must equal transformers' float32 output."""
     dtype = AUTOCASTS[mode] if device.type == "cuda" else None
     return torch.autocast(device.type, dtype) if dtype else torch.autocast(device.type, enabled=False)
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; to a GPU from page-locked memory, without waiting for the copy."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
 def batch_tokens(device: torch.device, given: int | None = None) -> int:

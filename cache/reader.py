@@ -317,74 +317,80 @@ class SplitReader:
         readers together yield every example exactly once. `keep` (bool per source row) limits the
         epoch to the rows it marks, e.g. the training rows apart from a held-out slice. `narrow`
         leaves an int8 cache's batches 8-bit, for `Batch.widened` after their copy to a GPU."""
-        rng = np.random.default_rng([seed, epoch, worker[0]])
+        columns = {c: self.cache.labels(self.name, c) for c in labels}
+        dtype = self.cache.identity.dtype
+
+        def load(name: str) -> tuple[np.ndarray, Callable[[int], Stored]]:
+            features, scales, offsets, rows = self.read_shard(name, layers)
+            self._close(name)
+
+            def take(i: int) -> Stored:
+                span = slice(offsets[i], offsets[i + 1])
+                return features[span], None if scales is None else scales[span], int(rows[i])
+
+            return rows, take
+
+        groups = self.epoch_order(load, batch_size, shuffle, seed, epoch, buffer_size, worker, keep)
+        batches = (collate(group, columns, dtype) for group in groups)
+        batches = batches if narrow else (b.widened() for b in batches)
+        batches = (b.pin_memory() for b in batches) if pin else batches  # for CUDA: see Batch.pin_memory
+        return prefetched(batches, prefetch) if prefetch > 0 else batches
+
+    def epoch_order(
+        self,
+        load: Callable[[str], tuple[np.ndarray, Callable[[int], tuple]]],
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        epoch: int,
+        buffer_size: int,
+        worker: tuple[int, int] = (0, 1),
+        keep: np.ndarray | None = None,
+    ) -> Iterator[list[tuple]]:
+        """The examples of one epoch, batch by batch, in the order the stream trains on them.
+
+        `load(shard)` gives the shard's source rows and `take(i)`, its i-th example as a tuple
+        whose first item has the example's length: the stream takes stored features, a
+        resident split (cache/resident.py) spans of its packed tokens, so both see one order.
+        Shuffled, the shard order is drawn per epoch, the examples of each shard are permuted and
+        pass through a bounded buffer, and pools of BUCKET batches are sorted by length, cut and
+        their batches shuffled: batches stay random but hold rows of similar length, so padding
+        nearly vanishes (measured in RESULTS.md 2). Unshuffled shards are length-sorted already."""
+        rng = np.random.default_rng([seed, epoch, worker[0]]) if shuffle else None
         order = (
             list(np.random.default_rng([seed, epoch]).permutation(self.shards)) if shuffle else self.shards
         )
-        columns = {c: self.cache.labels(self.name, c) for c in labels}
-        batches = self._batches(
-            order[worker[0] :: worker[1]],
-            batch_size,
-            columns,
-            layers,
-            rng if shuffle else None,
-            buffer_size,
-            keep,
-            narrow,
-        )
-        batches = (b.pin_memory() for b in batches) if pin else batches  # for CUDA: see Batch.pin_memory
-        return _prefetched(batches, prefetch) if prefetch > 0 else batches
-
-    def _batches(
-        self,
-        shards: Sequence[str],
-        batch_size: int,
-        columns: dict[str, LabelColumn],
-        layers: Sequence[int] | None,
-        rng: np.random.Generator | None,
-        buffer_size: int,
-        keep: np.ndarray | None = None,
-        narrow: bool = False,
-    ) -> Iterator[Batch]:
-        """Batches of `batch_size` examples. Shuffled examples are gathered in pools of BUCKET
-        batches, each pool sorted by length, cut, and its batches shuffled: batches stay random
-        but hold rows of similar length, so padding nearly vanishes (measured in RESULTS.md 2).
-        Unshuffled shards are length-sorted already."""
-        dtype = self.cache.identity.dtype
-        examples = self._examples(shards, layers, rng, buffer_size, keep)
+        examples = self._examples(order[worker[0] :: worker[1]], load, rng, buffer_size, keep)
         pool_size = batch_size * (BUCKET if rng is not None else 1)
         while pool := list(itertools.islice(examples, pool_size)):
             if rng is not None:
                 pool.sort(key=lambda e: len(e[0]))
             cuts = range(0, len(pool), batch_size)
             for start in rng.permutation(cuts) if rng is not None else cuts:
-                batch = collate(pool[start : start + batch_size], columns, dtype)
-                yield batch if narrow else batch.widened()
+                yield pool[start : start + batch_size]
 
     def _examples(
         self,
         shards: Sequence[str],
-        layers: Sequence[int] | None,
+        load: Callable[[str], tuple[np.ndarray, Callable[[int], tuple]]],
         rng: np.random.Generator | None,
         buffer_size: int,
         keep: np.ndarray | None = None,
-    ) -> Iterator[Stored]:
-        """The stored examples of the rows `keep` marks (all by default), shuffled through the
-        buffer when rng is given."""
-        buffer: list[Stored] = []
+    ) -> Iterator[tuple]:
+        """The examples of the rows `keep` marks (all by default), shuffled through the buffer when
+        rng is given."""
+        buffer: list[tuple] = []
         for i, name in enumerate(shards):
             self._prefetch(shards[i + 1 : i + 1 + AHEAD])
-            features, scales, offsets, rows = self.read_shard(name, layers)
-            self._close(name)
+            rows, take = load(name)
             order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
             for i in order if keep is None else order[keep[rows[order]]]:
-                span = slice(offsets[i], offsets[i + 1])
-                example = (features[span], None if scales is None else scales[span], int(rows[i]))
+                example = take(i)
                 if rng is None or buffer_size <= 1:
                     yield example
                     continue
-                # A copy, so the buffer does not pin whole shards: memory stays one shard + buffer.
-                example = (example[0].copy(), None if scales is None else example[1].copy(), example[2])
+                # Owned, so the buffer does not pin whole shards: memory stays one shard + buffer.
+                example = tuple(x.copy() if isinstance(x, np.ndarray) else x for x in example)
                 if len(buffer) < buffer_size:
                     buffer.append(example)
                 else:
@@ -429,7 +435,7 @@ def collate(examples: Sequence[Stored], columns: dict[str, LabelColumn], dtype: 
     return Batch(decode(features, dtype), torch.from_numpy(mask), labels, rows, scales)
 
 
-def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
     """Run `batches` in a background thread, `depth` ahead: reading and padding overlap with the
     consumer's compute (numpy, zarr and h5py release the GIL while they read)."""
     q: queue.Queue = queue.Queue(maxsize=depth)

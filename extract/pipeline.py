@@ -33,7 +33,7 @@ from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url, remove_staging, staging_root
 from ytune.cache.writer import CacheWriter, ShardPlan
 from ytune.device import autocast as autocast_to
-from ytune.device import batch_tokens
+from ytune.device import batch_tokens, to_device
 from ytune.errors import UserError
 from ytune.extract.config import ExtractConfig
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
@@ -314,12 +314,6 @@ def pad(tok: Tokenized, rows: np.ndarray, pad_id: int, device: torch.device) -> 
     if types is not None:
         inputs["token_type_ids"] = to_device(types, device)
     return inputs, inputs["attention_mask"].bool()
-
-
-def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`; to a GPU from page-locked memory, without waiting for the copy."""
-    t = torch.from_numpy(a)
-    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
 @dataclass

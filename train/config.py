@@ -181,6 +181,7 @@ SETTINGS = {
 
 
 SELECT_ON = ("validation", "holdout")
+FEATURES = ("auto", "gpu", "host", "stream")  # TrainConfig.features: train/stream.py places them
 HOLDOUT = "holdout"  # the name the held-out slice's metrics go by in logs and metrics.json
 
 
@@ -228,10 +229,20 @@ class TrainConfig:
     workers: int = field(
         default=0, metadata={"help": "DataLoader processes reading the cache (0: a prefetch thread)"}
     )
+    features: str = field(
+        default="auto",
+        metadata={
+            "choices": FEATURES,
+            "help": "where the features live while heads train: loaded once onto the GPU, into host "
+            "memory, or streamed from the shards every epoch (auto: the first that fits)",
+        },
+    )
     buffer_size: int = 4096  # shuffle buffer, in examples
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise UserError(f"features must be one of {', '.join(FEATURES)}, not {self.features!r}.")
         if self.select_on is not None and self.select_on not in SELECT_ON:
             raise UserError(f"select_on must be one of {', '.join(SELECT_ON)}, not {self.select_on!r}.")
 

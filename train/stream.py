@@ -4,17 +4,21 @@ makes over them, and the batches that carry them to the heads.
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ytune.cache.reader import Batch, SplitReader
+from ytune.cache.resident import ResidentSplit
 from ytune.device import pick_device
 from ytune.errors import UserError
 from ytune.train.config import TrainConfig
 
+log = logging.getLogger(__name__)
 EXAMPLES = 60_000  # what a default run shows the heads, epochs permitting (default_epochs)
 
 
@@ -47,12 +51,18 @@ def batches(
     epoch: int = 0,
     keep: np.ndarray | None = None,
 ) -> Iterator[Batch]:
-    """The split's batches (only the rows `keep` marks, if given), through a DataLoader with
-    `cfg.workers` worker processes (0: read ahead by a thread of this one), page-locked on CUDA so
-    their copies to the GPU overlap compute (an int8 cache's still 8-bit: the consumer widens
-    them). The stream orders itself from `cfg.seed`; the loader
-    gets a generator of its own, because each of its iterators draws a seed from it, which from
-    torch's global generator would shift the heads' dropout with every epoch and evaluation."""
+    """The split's batches (only the rows `keep` marks, if given): from a resident copy where
+    `cfg.features` places one (the same batches, gathered on the device), else streamed through a
+    DataLoader with `cfg.workers` worker processes (0: read ahead by a thread of this one),
+    page-locked on CUDA so their copies to the GPU overlap compute (an int8 cache's still 8-bit:
+    the consumer widens them). The stream orders itself from `cfg.seed`; the loader gets a
+    generator of its own, because each of its iterators draws a seed from it, which from torch's
+    global generator would shift the heads' dropout with every epoch and evaluation."""
+    resident = resident_split(reader, layers, cfg)
+    if resident is not None:
+        values = {c: reader.cache.labels(reader.name, c).values for c in labels}
+        args = {"seed": cfg.seed, "epoch": epoch, "buffer_size": cfg.buffer_size, "keep": keep}
+        return resident.batches(cfg.batch_size, values, shuffle=shuffle, **args)
     pin = pick_device(cfg.device).type == "cuda"
     dataset = reader.dataset(
         cfg.batch_size,
@@ -74,3 +84,30 @@ def batches(
         generator=torch.Generator(),
     )
     return iter(loader)
+
+
+_RESIDENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # reader -> {layers: ResidentSplit}
+
+
+def resident_split(reader: SplitReader, layers: Sequence[int], cfg: TrainConfig) -> ResidentSplit | None:
+    """The split's resident copy where `cfg.features` places one (made at the first call, kept as
+    long as the reader), or None to stream it. auto: onto the GPU if it takes at most half its free
+    memory, else the stream. Host memory only when asked: on a CPU it trained no faster than the
+    stream (RESULTS.md 3), and the stream's memory does not grow with the split."""
+    copies = _RESIDENT.setdefault(reader, {})
+    key = tuple(layers)
+    if key in copies:
+        return copies[key]
+    device = pick_device(cfg.device)
+    need = ResidentSplit.nbytes(reader, layers)
+    where = cfg.features
+    if where == "gpu" and device.type != "cuda":
+        raise UserError("--features gpu needs a CUDA device; use host or stream.")
+    if where == "auto":
+        fits = device.type == "cuda" and need <= torch.cuda.mem_get_info(device)[0] / 2
+        where = "gpu" if fits else "stream"
+    said = {"gpu": "loaded onto the GPU", "host": "loaded into host memory", "stream": "streamed"}[where]
+    log.info("features of split %s: %s (%.2f GB)", reader.name, said, need / 1e9)
+    place = device if where == "gpu" else torch.device("cpu")
+    copies[key] = None if where == "stream" else ResidentSplit(reader, layers, place)
+    return copies[key]
