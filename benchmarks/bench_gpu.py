@@ -149,7 +149,7 @@ def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> d
         else torch.autocast("cpu", enabled=False)
     )
     bytes_per_token = 2 * len(layers) * encoder.hidden_size
-    tokens, flops = 0, 0.0
+    tokens, padded, flops = 0, 0, 0.0
     sync(encoder.device)
     start = time.perf_counter()
     with torch.inference_mode(), amp:
@@ -160,9 +160,11 @@ def bare_loop(encoder, dataset, layers: tuple[int, ...], batch_tokens: int) -> d
                     inputs, mask = pad(tok, rows, encoder.tokenizer.pad_token_id or 0, encoder.device)
                     forward_layers(encoder.model, inputs, layers)
                     tokens += int(mask.sum())
+                    padded += mask.numel()
                     flops += batch_flops(encoder.model.config, *mask.shape, max(layers))
     sync(encoder.device)
-    return {"tokens": tokens, "seconds": time.perf_counter() - start, "flops": flops}
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "padded": padded, "seconds": seconds, "flops": flops}
 
 
 def head_throughput(cache: Path, k: int, out: Path, device: torch.device) -> dict:
@@ -225,6 +227,8 @@ def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) 
         "parameters": encoders["auto"].parameters,
         "rows": rows,
         "tokens": runs["float16"]["tokens"],
+        # what packed (cu_seqlens) batches could save at most: ytune's length-sorted batches' padding
+        "padding_share": round(1 - bare["auto"]["tokens"] / bare["auto"]["padded"], 4),
         "build_s": round(build_s, 1),
         "tokens_per_s": {k: round(v, 1) for k, v in speeds.items()},
         "mfu": {k: peak and round(v * flops_per_token / peak, 4) for k, v in speeds.items()},
@@ -320,7 +324,8 @@ def main() -> None:
         rows = [[k, v, summary["mfu"][k]] for k, v in summary["tokens_per_s"].items()]
         rows += [["disk (float16 bytes)", summary["disk_tokens_per_s"], ""]]
         print(markdown_table(["extraction", "real tokens/s", "MFU"], rows), file=sys.stderr)
-        keys = ("floor_tokens_per_s", "ytune_vs_floor", "fast_vs_transformers", "int8_vs_float16_bytes")
+        keys = ("floor_tokens_per_s", "ytune_vs_floor", "fast_vs_transformers", "padding_share")
+        keys += ("int8_vs_float16_bytes",)
         print(markdown_table(["measure", "value"], [[k, summary[k]] for k in keys]), file=sys.stderr)
         heads = [[k, h["examples_per_s"], h["peak_gib"]] for k, h in summary["heads"].items()]
         print(markdown_table(["heads in one pass", "examples/s", "peak GiB"], heads), file=sys.stderr)
