@@ -24,6 +24,7 @@ from torch import nn
 from ytune.cache.identity import resolve_index
 from ytune.errors import UserError
 from ytune.train.config import HeadConfig
+from ytune.train.dropout import HeadDropout
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -222,10 +223,10 @@ class _Block(nn.Module):
         self.ffn = nn.Sequential(
             Linear(k, width, ffn_mult * width),
             nn.GELU(),
-            nn.Dropout(dropout),
+            HeadDropout(dropout),
             Linear(k, ffn_mult * width, width),
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = HeadDropout(dropout)
 
     def forward(
         self,

@@ -6,7 +6,8 @@ default each head's best epoch and the winning head are chosen on a seeded slice
 rows that no head trains on (stream.holdout_rows); only the winner's score on the evaluation split
 is the sweep's result, so a small validation split (RTE: 277 rows) cannot flatter it. Beside the
 heads: sweep.json (every head's settings and scores), a table, a plot, and the winner's name, which
-`ytune eval` and `ytune predict` follow when given the sweep's folder.
+`ytune eval` and `ytune predict` follow when given the sweep's folder. Under torchrun the heads are
+shared between the ranks, and rank 0 writes the same files (train/ranks.py).
 
 The same parsers read `--head KEY=VALUE,...`, so a setting means the same wherever it is written.
 """
@@ -25,6 +26,7 @@ from ytune.errors import UserError
 from ytune.train.checkpoint import SWEEP_FILE
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig, with_settings
 from ytune.train.plots import plot_sweep
+from ytune.train.ranks import gather, join, run_folder, share
 from ytune.train.trainer import train
 
 log = logging.getLogger(__name__)
@@ -52,51 +54,69 @@ def sweep(
     out: str | Path,
     resume: bool = False,
 ) -> dict:
-    """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics."""
+    """Train the grid in one pass; returns the winner: name, settings, selection and evaluation metrics.
+
+    Under torchrun (WORLD_SIZE, RANK, LOCAL_RANK set) each rank trains its share of the heads and
+    every rank returns the same winner; rank 0 writes the sweep's files (train/ranks.py)."""
     out = Path(out)
     cfg = dataclasses.replace(cfg, select_on=cfg.select_on or HOLDOUT)
-    grown = expand(base, grid)
+    ranks, cfg = join(cfg)
+    mine = share(ranks, list(enumerate(expand(base, grid))))
     start = time.perf_counter()
-    results = train(cache_path, [spec for spec, _ in grown], cfg, out, resume=resume)
+    specs = [spec for _, (spec, _) in mine]
+    folder = run_folder(ranks, out, [s.name for s in specs])
+    results = train(cache_path, specs, cfg, folder, resume=resume) if specs else {}
+    rows = gather(ranks, [_summary(i, spec, settings, out, results) for i, (spec, settings) in mine])
     seconds = time.perf_counter() - start
-    heads, summaries = [], {}
-    for spec, settings in grown:
-        m = summaries[spec.name] = json.loads((out / spec.name / "metrics.json").read_text())
-        metric = next(iter(m["selection"]))
-        heads.append(
-            {
-                "name": spec.name,
-                "settings": settings,
-                "metric": metric,
-                "selection": m["selection"][metric],
-                "evaluation": results[spec.name][metric],
-                "best_epoch": m["best_epoch"],
-                "parameters": m["tunable_parameters"],
-                "seconds": round(sum(h["seconds"] for h in m["history"]), 2),
-            }
-        )
+    rows.sort(key=lambda row: row["index"])
+    heads = [row["head"] for row in rows]
     if len({h["metric"] for h in heads}) > 1:
         raise UserError("the swept heads learn labels scored by different metrics: there is no one winner.")
-    winner = max(heads, key=lambda h: h["selection"])  # the first of equals: grid order decides ties
-    selected_on = summaries[winner["name"]]["selected_on"]
+    won = max(rows, key=lambda row: row["head"]["selection"])  # the first of equals: grid order decides ties
+    winner = won["head"]
     report = {
         "winner": winner["name"],
-        "selected_on": selected_on,
+        "selected_on": won["selected_on"],
         "eval_split": cfg.eval_split,
         "metric": winner["metric"],
         "grid": dict(grid),
         "seconds": round(seconds, 2),
         "heads": heads,
     }
-    (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    log.info(format_table(report))
-    plot_sweep(report, out / "sweep.png")
+    if ranks.rank == 0:
+        (out / SWEEP_FILE).write_text(json.dumps(report, indent=1) + "\n")
+        log.info(format_table(report))
+        plot_sweep(report, out / "sweep.png")
     return {
         "winner": winner["name"],
         "settings": winner["settings"],
-        "selected_on": selected_on,
-        "selection": summaries[winner["name"]]["selection"],
-        cfg.eval_split: results[winner["name"]],
+        "selected_on": won["selected_on"],
+        "selection": won["selection"],
+        cfg.eval_split: won["evaluation"],
+    }
+
+
+def _summary(index: int, spec: HeadSpec, settings: dict, out: Path, results: dict) -> dict:
+    """What the sweep's table needs of one trained head: its row, and its metrics to return should it
+    win; small enough to gather from other ranks."""
+    m = json.loads((out / spec.name / "metrics.json").read_text())
+    metric = next(iter(m["selection"]))
+    head = {
+        "name": spec.name,
+        "settings": settings,
+        "metric": metric,
+        "selection": m["selection"][metric],
+        "evaluation": results[spec.name][metric],
+        "best_epoch": m["best_epoch"],
+        "parameters": m["tunable_parameters"],
+        "seconds": round(sum(h["seconds"] for h in m["history"]), 2),
+    }
+    return {
+        "index": index,
+        "head": head,
+        "selected_on": m["selected_on"],
+        "selection": m["selection"],
+        "evaluation": results[spec.name],
     }
 
 

@@ -34,6 +34,7 @@ from ytune.errors import UserError
 from ytune.train.build import check_splits, head_for, optimizer_settings
 from ytune.train.checkpoint import save_head
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig
+from ytune.train.dropout import head_generators, reseed
 from ytune.train.evaluate import evaluate, evaluate_bank
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import HeadBank, count_parameters, head_state
@@ -87,6 +88,7 @@ class _Training:
             StackedAdamW(stack, [settings[n][0] for n in members], [settings[n][1] for n in members])
             for stack, members in zip(self.bank.stacks, self.bank.names, strict=True)
         ]
+        self.generators = [head_generators(stack, stack.size, self.device) for stack in self.bank.stacks]
         # Rows of the training split: all of them, or all but the held-out slice to select on.
         n = len(self.reader)
         self.keep_train = self.keep_select = None
@@ -224,6 +226,8 @@ class _Training:
         )
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True).widened()
+            for s in stacks:  # each head's dropout from the seed, its name and the step alone
+                reseed(self.generators[s], members[s], cfg.seed, self.step)
             with autocast(self.device):
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
