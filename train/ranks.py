@@ -5,9 +5,10 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; the process group is made as extr
 (extract/pipeline.py: nccl with each rank on cuda:LOCAL_RANK, else gloo). Heads are dealt
 round-robin in grid order, so every rank gets a similar share. A head's first weights, its
 stream, the held-out rows and its dropout (train/dropout.py) come from the run's seed and its
-name, not from the heads beside it; a rank whose heads form the stacks one process forms (a grid
-whose last key is the shape: `--sweep lr=... --sweep width=...`) trains them exactly as one process
-does, otherwise they agree up to the float order of the batched products (train/optim.py).
+name, not from the heads beside it. Where a rank's stacks (heads of one shape) hold the heads one
+process's stacks hold, it trains them exactly as one process does (2 ranks and
+`--sweep lr=... --sweep width=A,B`: each rank gets one width); where dealing splits a stack, the
+smaller stacks agree with it up to the float order of the batched products (train/optim.py).
 
 Every rank writes its heads' folders under --out, and their small summaries are gathered through
 the process group (all_gather_object), so rank 0 writes the sweep's table without reading another
