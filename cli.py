@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         winner = sweep(path, specs, grid, cfg, out, resume=args.resume)
         stands = f"the winner, {winner['winner']!r}, is what {out} stands for in ytune eval and ytune predict"
         log.info(f"heads saved under {out}; {stands}")
-        print(json.dumps(winner, sort_keys=True))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank knows the winner: one says it
+            print(json.dumps(winner, sort_keys=True))
         return
     results = train(path, specs, cfg, out, resume=args.resume)
     log.info(f"heads saved under {out}")

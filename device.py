@@ -4,6 +4,7 @@ the process-wide CPU settings a program makes once before training."""
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import torch
@@ -27,6 +28,21 @@ def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array on `device`; to a GPU from page-locked memory, without waiting for the copy."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
+def init_distributed(device: str | None) -> str | None:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK): nccl with this
+    rank on cuda:LOCAL_RANK where CUDA is asked for or left to choose, else gloo. The device this
+    rank then uses."""
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and device in (None, "cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = f"cuda:{torch.cuda.current_device()}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device
 
 
 def batch_tokens(device: torch.device, given: int | None = None) -> int:

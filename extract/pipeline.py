@@ -33,7 +33,7 @@ from ytune.cache.manifest import read_manifest
 from ytune.cache.store import check_url, publish, publish_url, remove_staging, staging_root
 from ytune.cache.writer import CacheWriter, ShardPlan
 from ytune.device import autocast as autocast_to
-from ytune.device import batch_tokens, to_device
+from ytune.device import batch_tokens, init_distributed, to_device
 from ytune.errors import UserError
 from ytune.extract.config import ExtractConfig
 from ytune.extract.data import SplitData, TextDataset, text_fingerprint
@@ -126,7 +126,7 @@ def extract(
         cfg = replace(cfg, cache_dir=staging_root() / (f"rank-{rank}" if world > 1 else ""))
     start = time.perf_counter()
     if world > 1:
-        _init_distributed(rank, world, cfg)
+        cfg = replace(cfg, device=init_distributed(cfg.device))
     encoder = encoder or load_encoder(cfg.model, cfg.device, cfg.weights_dtype, cfg.attention)
     layers = resolve_layers(cfg.layers, encoder.num_layers)
     check_max_length(encoder, cfg.max_length)
@@ -429,17 +429,6 @@ class _WriterThread:
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
-
-
-def _init_distributed(rank: int, world: int, cfg: ExtractConfig) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and cfg.device in (None, "cuda")
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            cfg.device = f"cuda:{torch.cuda.current_device()}"
-        dist.init_process_group("nccl" if cuda else "gloo")
 
 
 def _publish(path: Path, url: str, rank: int, world: int) -> str:

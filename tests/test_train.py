@@ -320,8 +320,8 @@ def test_label_queries_can_start_at_the_label_names(sst2, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_reading_batches_leaves_the_random_state_to_the_heads(sst2, workers):
-    # The heads' dropout draws from torch's generator; the loader must not, or every epoch and
-    # evaluation would shift it (and a run's figures would depend on how often batches are read).
+    # Heads used outside train() draw their dropout from torch's generator; the loader must not, or
+    # every epoch and evaluation would shift it (and figures would depend on how often batches are read).
     from ytune.train.stream import batches
 
     reader = open_cache(sst2).split("train")

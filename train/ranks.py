@@ -2,7 +2,7 @@
 reading the whole training split itself, and the heads' summaries meet on every rank.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; the process group is made as extraction makes it
-(extract/pipeline.py: nccl with each rank on cuda:LOCAL_RANK, else gloo). Heads are dealt
+(device.init_distributed: nccl with each rank on cuda:LOCAL_RANK, else gloo). Heads are dealt
 round-robin in grid order, so every rank gets a similar share. A head's first weights, its
 stream, the held-out rows and its dropout (train/dropout.py) come from the run's seed and its
 name, not from the heads beside it. Where a rank's stacks (heads of one shape) hold the heads one
@@ -45,11 +45,11 @@ def join(cfg: TrainConfig) -> tuple[Ranks, TrainConfig]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks(), cfg
-    from ytune.extract.pipeline import _init_distributed
+    from ytune.device import init_distributed
 
-    rank, cfg = int(os.environ["RANK"]), dataclasses.replace(cfg)
-    _init_distributed(rank, world, cfg)
-    return Ranks(rank, world), cfg
+    return Ranks(int(os.environ["RANK"]), world), dataclasses.replace(
+        cfg, device=init_distributed(cfg.device)
+    )
 
 
 def share(ranks: Ranks, items: Sequence[T]) -> list[T]:
