@@ -62,7 +62,7 @@ from common import environment, markdown_table, write_json  # noqa: E402
 from ytune import ExtractConfig, extract, load_glue  # noqa: E402
 from ytune.cache import files  # noqa: E402
 from ytune.cache import writer as writer_mod  # noqa: E402
-from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES, numpy_dtype  # noqa: E402
+from ytune.cache.format import DEFAULT_SHARD_BYTES, DTYPES, int8_group, numpy_dtype  # noqa: E402
 from ytune.cache.manifest import read_manifest  # noqa: E402
 from ytune.cache.writer import CacheWriter, plan_shards  # noqa: E402
 from ytune.extract import pipeline  # noqa: E402
@@ -333,8 +333,9 @@ def summarize(m: dict) -> dict:
     a_own = statistics.median(r["seconds"] for r in runs[A])
     paired_ab = statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(runs[A], runs[B], strict=True))
     paired_ac = statistics.median(c["wall_s"] / a["wall_s"] for a, c in zip(runs[A], runs[C], strict=True))
-    # an int8 cache stores a float16 scale per token and layer beside the features
-    ideal = len(m["layers"]) * (m["hidden"] * numpy_dtype(m["dtype"]).itemsize + 2 * (m["dtype"] == "int8"))
+    # an int8 cache stores a float16 scale per group of channels beside the features
+    scales = 2 * m["hidden"] // int8_group(m["hidden"]) if m["dtype"] == "int8" else 0
+    ideal = len(m["layers"]) * (m["hidden"] * numpy_dtype(m["dtype"]).itemsize + scales)
     a_bytes = statistics.median(r["shard_bytes"] for r in runs[A]) / tokens
     c_bytes = statistics.median(r["file_bytes"] for r in runs[C]) / tokens
     keys = sorted({k for r in runs[A] for k in r["breakdown"]}, key=_step_order)

@@ -379,22 +379,24 @@ class _WriterThread:
     def _run(self) -> None:
         shard = None
         while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
+            kind, value = item
             try:
-                kind, value = item
-                if kind == "start":
+                if self.error is not None:
+                    pass  # drained: the encoding loop raises the error at its next call
+                elif kind == "start":
                     shard = self.writer.open_shard(*value, self.hidden)
                 elif kind == "batch":
                     fitting, *stored = value.wait()
                     refuse(fitting, self.layers)  # here, so that the encoder never waits to know
                     shard.append(*(t.numpy() for t in stored))
-                    value.release()
                 else:
                     self.bytes += shard.commit().bytes
                     shard = None
             except BaseException as e:  # raised again in the main thread
                 self.error = e
+            finally:
+                if kind == "batch":  # its buffers back, written or not: the encoder never waits on them
+                    value.release()
         if shard is not None:  # stopped mid-shard: nothing half-written stays behind
             shard.abort()
 
