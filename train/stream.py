@@ -86,6 +86,14 @@ def batches(
     return iter(loader)
 
 
+def gpu_room(device: torch.device) -> int:
+    """Bytes this process may still take on the GPU: the device's free memory, or less where a
+    per-process cap (torch.cuda.set_per_process_memory_fraction) says so."""
+    free, total = torch.cuda.mem_get_info(device)
+    capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
+    return int(min(free, capped))
+
+
 _RESIDENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # reader -> {layers: ResidentSplit}
 
 
@@ -104,8 +112,7 @@ def resident_split(reader: SplitReader, layers: Sequence[int], cfg: TrainConfig)
     if where == "gpu" and device.type != "cuda":
         raise UserError("--features gpu needs a CUDA device; use host or stream.")
     if where == "auto":
-        fits = device.type == "cuda" and need <= torch.cuda.mem_get_info(device)[0] / 2
-        where = "gpu" if fits else "stream"
+        where = "gpu" if device.type == "cuda" and need <= gpu_room(device) / 2 else "stream"
     said = {"gpu": "loaded onto the GPU", "host": "loaded into host memory", "stream": "streamed"}[where]
     log.info("features of split %s: %s (%.2f GB)", reader.name, said, need / 1e9)
     place = device if where == "gpu" else torch.device("cpu")
