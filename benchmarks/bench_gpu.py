@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, glue_subset, markdown_table  # noqa: E402
 
-from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, train  # noqa: E402
+from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, load_glue, train  # noqa: E402
 from ytune.cache.writer import plan_shards  # noqa: E402
 from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
 from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
@@ -207,6 +207,8 @@ def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) 
     build_encoder(shape, folder, device.type)
     build_s = time.perf_counter() - start
     data = glue_subset("sst2", rows, glue)  # the training rows and the validation split
+    if device.type == "cpu":  # --tiny: the code, not the figures; a short validation split keeps it quick
+        data.splits["validation"] = load_glue("sst2", ["validation"], glue, limit=64).splits["validation"]
     warm = glue_subset("sst2", 64, glue)
     encoders = {a: load_encoder(str(folder), str(device), "bfloat16", a) for a in ("eager", "auto")}
     layers = resolve_layers(None, encoders["auto"].num_layers)
