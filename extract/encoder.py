@@ -166,8 +166,14 @@ def resolve_layers(requested: Sequence[int] | None, num_layers: int) -> tuple[in
 
 
 def truncate(model: nn.Module, deepest: int) -> None:
-    """Drop the layers after `deepest` (and the pooler): the encoder runs no further than needed."""
+    """Drop the layers after `deepest` (and the pooler): the encoder runs no further than needed. A
+    model an earlier extraction cut shallower than `deepest` is one sentence, not a wrong index."""
     layers = _layer_list(model)
+    if deepest > len(layers):
+        raise UserError(
+            f"this encoder object runs only {len(layers)} layers (an extraction of shallower hidden states "
+            f"cut it there); load it again for hidden state {deepest}."
+        )
     if deepest < len(layers):
         del layers[deepest:]
     if getattr(model, "pooler", None) is not None:

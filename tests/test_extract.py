@@ -129,6 +129,8 @@ def test_the_encoder_runs_no_deeper_than_the_deepest_layer(tmp_path):
     encoder = load_encoder(None, "cpu")
     extract(data, ExtractConfig(layers=(2,), cache_dir=tmp_path), encoder=encoder)
     assert len(encoder.model.encoder.layer) == 2
+    with pytest.raises(UserError, match="runs only 2 layers .* load it again for hidden state 6"):
+        extract(data, ExtractConfig(layers=(-1,), cache_dir=tmp_path), encoder=encoder)
 
 
 def test_a_killed_extraction_resumes_bit_identical(tmp_path):

@@ -14,7 +14,9 @@ from ytune.cache.resident import ResidentSplit
 @pytest.fixture(scope="module")
 def int8_cache(encoder, glue, tmp_path_factory):
     data = load_glue("stsb", ["train", "validation"], glue, limit=120)
-    cfg = ExtractConfig(dtype="int8", cache_dir=tmp_path_factory.mktemp("int8"), shard_bytes=60_000)
+    cfg = ExtractConfig(
+        layers=(-1,), dtype="int8", cache_dir=tmp_path_factory.mktemp("int8"), shard_bytes=60_000
+    )
     return extract(data, cfg, encoder=encoder).path
 
 
