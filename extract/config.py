@@ -134,7 +134,13 @@ class ExtractConfig:
         },
     )
     max_length: int = field(default=128, metadata={"help": "tokens per row, longer rows truncated"})
-    dtype: str = field(default="float16", metadata={"choices": DTYPES, "help": "storage dtype"})
+    dtype: str = field(
+        default="float16",
+        metadata={
+            "choices": DTYPES,
+            "help": "storage dtype; int8 takes half the bytes (a float16 scale per 64 values)",
+        },
+    )
     backend: str = field(default="zarr", metadata={"choices": tuple(SUFFIXES), "help": "shard format"})
     # root of caches (or an fsspec URL); None: $YTUNE_CACHE or ~/.cache/ytune (the commands' --cache-dir)
     cache_dir: str | Path | None = None

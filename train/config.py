@@ -234,7 +234,8 @@ class TrainConfig:
         metadata={
             "choices": FEATURES,
             "help": "where the features live while heads train: loaded once onto the GPU, into host "
-            "memory, or streamed from the shards every epoch (auto: the first that fits)",
+            "memory, or streamed from the shards every epoch (auto: the GPU where the split takes at "
+            "most half its free memory, else the stream)",
         },
     )
     buffer_size: int = 4096  # shuffle buffer, in examples
