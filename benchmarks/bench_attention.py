@@ -43,44 +43,14 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import environment  # noqa: E402
+from common import environment, random_deberta  # noqa: E402
 
 from ytune import load_glue  # noqa: E402
 from ytune.device import batch_tokens  # noqa: E402
-from ytune.extract.encoder import Encoder, default_layers, load_encoder, resolve_model, truncate  # noqa: E402
+from ytune.extract.encoder import Encoder, default_layers, load_encoder, truncate  # noqa: E402
 from ytune.extract.pipeline import Tokenized, batches, run_encoder, tokenize  # noqa: E402
 
 CONTENDERS = ("eager", "fast")
-
-
-def base_shaped(folder: Path) -> None:
-    """A random DeBERTa-v2-base-shaped encoder with MiniLM's tokenizer, saved to `folder`."""
-    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))
-    config = DebertaV2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-        relative_attention=True,
-        pos_att_type=["p2c", "c2p"],
-        position_buckets=256,
-        max_relative_positions=-1,
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        position_biased_input=False,
-        conv_kernel_size=3,
-        conv_act="gelu",
-        type_vocab_size=0,
-    )
-    torch.manual_seed(0)
-    DebertaV2Model(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def timed_round(encoders: dict[str, Encoder], tok: Tokenized, plan: list[np.ndarray], layers) -> tuple:
@@ -123,7 +93,14 @@ def main() -> None:
 
     split = load_glue(a.task, ["train"], a.glue, limit=a.rows).splits["train"]
     with tempfile.TemporaryDirectory() as tmp:
-        base_shaped(Path(tmp))
+        random_deberta(  # DeBERTa-v2-base's shape
+            Path(tmp),
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            position_buckets=256,
+        )
         encoders = {mode: load_encoder(tmp, "cpu", "float32", mode) for mode in CONTENDERS}
     layers = default_layers(12)
     for encoder in encoders.values():

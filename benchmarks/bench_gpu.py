@@ -53,11 +53,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, glue_subset, markdown_table  # noqa: E402
+from common import environment, glue_subset, markdown_table, random_deberta  # noqa: E402
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, load_glue, train  # noqa: E402
 from ytune.cache.writer import plan_shards  # noqa: E402
-from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, resolve_model, truncate  # noqa: E402
+from ytune.extract.encoder import forward_layers, load_encoder, resolve_layers, truncate  # noqa: E402
 from ytune.extract.pipeline import batches, pad, tokenize  # noqa: E402
 
 XXL = dict(
@@ -67,6 +67,7 @@ XXL = dict(
     intermediate_size=6144,
     vocab_size=128100,
     position_buckets=256,
+    layer_norm_eps=1e-7,
 )
 TINY = dict(
     hidden_size=64,
@@ -75,37 +76,9 @@ TINY = dict(
     intermediate_size=128,
     vocab_size=30522,
     position_buckets=16,
+    layer_norm_eps=1e-7,
 )
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense TFLOP/s
-
-
-def build_encoder(shape: dict, folder: Path, device: str) -> None:
-    """A randomly initialised DeBERTa-v2 of `shape` (xxlarge's attention settings), saved in bfloat16."""
-    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-    config = DebertaV2Config(
-        **shape,
-        max_position_embeddings=512,
-        relative_attention=True,
-        pos_att_type=["p2c", "c2p"],
-        max_relative_positions=-1,
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        position_biased_input=False,
-        conv_kernel_size=3,
-        conv_act="gelu",
-        type_vocab_size=0,
-        layer_norm_eps=1e-7,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = DebertaV2Model(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model(None)).save_pretrained(folder)
-    del model
 
 
 def batch_flops(config, b: int, t: int, layers: int) -> float:
@@ -204,7 +177,7 @@ def extraction(folder: Path, data, warm, dtype: str, encoder, tmp: Path) -> dict
 def measure(shape: dict, rows: int, glue: str, device: torch.device, tmp: Path) -> dict:
     folder = tmp / "encoder"
     start = time.perf_counter()
-    build_encoder(shape, folder, device.type)
+    random_deberta(folder, torch.bfloat16, device.type, **shape)
     build_s = time.perf_counter() - start
     data = glue_subset("sst2", rows, glue)  # the training rows and the validation split
     if device.type == "cpu":  # --tiny: the code, not the figures; a short validation split keeps it quick
@@ -270,7 +243,7 @@ def cpu_xxl(glue: str, tmp: Path) -> dict:
     in bfloat16, once at full depth and once stopping at layer 12; seconds and peak RSS of each."""
     folder = tmp / "xxl"
     start = time.perf_counter()
-    build_encoder(XXL, folder, "cpu")
+    random_deberta(folder, torch.bfloat16, "cpu", **XXL)
     out = {"build_s": round(time.perf_counter() - start, 1), "runs": []}
     for layers in ("-4,-3,-2,-1", "12"):
         start = time.perf_counter()

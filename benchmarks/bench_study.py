@@ -40,6 +40,7 @@ from common import environment, glue_subset, markdown_table
 from transformers import AutoConfig
 
 from ytune import ExtractConfig, HeadSpec, TrainConfig, extract, sweep, train
+from ytune.cache.files import size_on_disk
 from ytune.cli import show_progress
 from ytune.device import configure_cpu
 from ytune.extract.encoder import default_layers, resolve_model
@@ -235,13 +236,8 @@ def run_pass(
                     layers=spec.layers,
                     heads_in_pass=len(specs),
                     dtype=dtype,
-                    cache_bytes=cache_bytes(ex.path),
+                    cache_bytes=size_on_disk(Path(ex.path)),
                 )
-
-
-def cache_bytes(path) -> int:
-    """The cache's bytes on disk (every shard, offsets, rows and labels)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def record_head(results: Path, key: tuple, data, m: dict, wall: float, **extra) -> None:

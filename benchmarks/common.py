@@ -15,6 +15,44 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# DeBERTa-v2-XXLarge's attention settings: relative attention both ways (p2c, c2p) over log-bucketed
+# positions, shared attention keys, layer-normed relative embeddings, the conv after the first
+# layer, no absolute positions or token types.
+DEBERTA_V2 = dict(
+    max_position_embeddings=512,
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    max_relative_positions=-1,
+    norm_rel_ebd="layer_norm",
+    share_att_key=True,
+    position_biased_input=False,
+    conv_kernel_size=3,
+    conv_act="gelu",
+    type_vocab_size=0,
+)
+
+
+def random_deberta(folder: Path, dtype=None, device: str = "cpu", **shape: Any) -> None:
+    """A randomly initialised DeBERTa-v2 of `shape` (DebertaV2Config fields over DEBERTA_V2; the
+    vocabulary MiniLM's unless given) with seed 0, saved to `folder` in `dtype` with the bundled
+    MiniLM tokenizer, whose ids fit any vocabulary at least as large. The DeBERTa-v2 path is tested
+    and benchmarked on such models: its weights are not available offline."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+    from transformers.utils import logging
+
+    from ytune.extract.encoder import resolve_model
+
+    logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))
+    config = DebertaV2Config(**{"vocab_size": len(tokenizer), **DEBERTA_V2, **shape})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DebertaV2Model(config)
+    (model if dtype is None else model.to(dtype)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+
 
 def timed(fn: Callable[[], Any], repeats: int = 3, setup: Callable[[], Any] | None = None) -> dict:
     """Run `fn` `repeats` times; the median and every run's seconds, and the last return value.

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ytune.cache.backends import ShardArrays, get_backend
 from ytune.cache.files import is_whole, remove
-from ytune.cache.format import TEXTS, decode, widen
+from ytune.cache.format import TEXTS, decode, from_storage, widen
 from ytune.cache.identity import Identity, resolve_index
 from ytune.cache.manifest import Manifest, SplitRecord, read_manifest
 from ytune.cache.remote import AHEAD, Fetcher, is_url, mirror
@@ -282,10 +282,9 @@ class SplitReader:
 
         def example(arrays: ShardArrays) -> torch.Tensor:
             start, end = (int(x) for x in arrays.offsets[i : i + 2])
-            features = decode(np.asarray(arrays.features[start:end]), self.cache.identity.dtype)
-            if arrays.scales is None:
-                return features
-            return widen(features, torch.from_numpy(np.asarray(arrays.scales[start:end])))
+            features = torch.from_numpy(np.ascontiguousarray(arrays.features[start:end]))
+            scales = None if arrays.scales is None else torch.from_numpy(np.asarray(arrays.scales[start:end]))
+            return from_storage(features, scales, self.cache.identity.dtype)
 
         return Example(self._read(self.shards[s], example), row)
 

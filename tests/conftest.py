@@ -12,6 +12,7 @@ from ytune.device import configure_cpu
 from ytune.extract.encoder import load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))  # test modules import helpers (cache_job, GLUE) by name
+sys.path.insert(1, str(Path(__file__).parents[1] / "benchmarks"))  # and the benchmarks' (random_deberta)
 
 # $YTUNE_GLUE_DIR (the Makefile sets it), else the shared data beside the repository.
 GLUE = Path(

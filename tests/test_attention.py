@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from common import random_deberta
 from conftest import GLUE
-from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
 
 from ytune import ExtractConfig, extract, load_glue, open_cache
 from ytune.errors import UserError
-from ytune.extract.encoder import forward_layers, load_encoder, resolve_model, truncate
+from ytune.extract.encoder import forward_layers, load_encoder, truncate
 from ytune.extract.pipeline import pad, tokenize
 
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason=f"no GLUE data at {GLUE}")
@@ -25,29 +25,16 @@ LAYERS = (0, 1, 2)  # the embeddings, the first layer (with the conv after it), 
 def deberta(tmp_path_factory):
     """A tiny random DeBERTa-v2 with every part the fast path replaces or keeps: relative attention
     both ways over log buckets, shared keys, layer-normed relative embeddings, the conv."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))
-    config = DebertaV2Config(
-        vocab_size=len(tokenizer),
+    folder = tmp_path_factory.mktemp("tiny-deberta")
+    random_deberta(
+        folder,
         hidden_size=64,
         num_hidden_layers=3,
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=128,
-        relative_attention=True,
-        pos_att_type=["p2c", "c2p"],
         position_buckets=32,
-        max_relative_positions=-1,
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        position_biased_input=False,
-        conv_kernel_size=3,
-        conv_act="gelu",
-        type_vocab_size=0,
     )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-deberta")
-    DebertaV2Model(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     return str(folder)
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import random_deberta  # noqa: E402
 from conftest import GLUE  # noqa: E402
 from killed_job import kill_when  # noqa: E402
-from transformers import AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model
+from transformers import AutoModel, AutoTokenizer
 
 from ytune import ExtractConfig, UserError, extract, load_glue, open_cache
 from ytune.cache.store import verify
@@ -88,28 +89,17 @@ def test_pairs_are_encoded_as_pairs(tmp_path, minilm):
 
 
 def test_tiny_deberta_v2_features_equal_transformers(tmp_path):
-    config = DebertaV2Config(
+    folder = tmp_path / "tiny-deberta"
+    random_deberta(
+        folder,
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=3,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
-        relative_attention=True,
-        pos_att_type=["p2c", "c2p"],
         position_buckets=16,
-        max_relative_positions=-1,
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        position_biased_input=False,
-        conv_kernel_size=3,
-        conv_act="gelu",
-        type_vocab_size=0,
     )
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny-deberta"
-    DebertaV2Model(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model(None)).save_pretrained(folder)
     data = load_glue("rte", ["validation"], GLUE, limit=10)
     cfg = ExtractConfig(
         model=str(folder), layers=(1, -1), cache_dir=tmp_path / "c", dtype="bfloat16", backend="hdf5"
