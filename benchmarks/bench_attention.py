@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per row, longer rows cut")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--glue", help="a GLUE folder; default: $YTUNE_GLUE_DIR, else the hub")
+    p.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
     p.add_argument("--results", type=Path, default=HERE / "results" / "attention.jsonl")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
