@@ -424,14 +424,15 @@ def collate(examples: Sequence[Stored], columns: dict[str, LabelColumn], dtype: 
         if scales is not None:
             scales[i, : len(f)] = s
     rows = torch.tensor([r for _, _, r in examples], dtype=torch.int64)
-    labels = {}
-    for name, column in columns.items():
-        values = column.values[rows.numpy()]
-        labels[name] = torch.from_numpy(
-            values if column.kind == "classification" else values.astype(np.float32)
-        )
+    labels = {name: torch.from_numpy(label_values(column, rows.numpy())) for name, column in columns.items()}
     scales = None if scales is None else torch.from_numpy(scales)
     return Batch(decode(features, dtype), torch.from_numpy(mask), labels, rows, scales)
+
+
+def label_values(column: LabelColumn, rows: np.ndarray) -> np.ndarray:
+    """The column's values of `rows` as batches carry them: int64 classes, float32 targets."""
+    values = column.values[rows]
+    return values if column.kind == "classification" else values.astype(np.float32)
 
 
 def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:

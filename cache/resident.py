@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ytune.cache.format import from_storage
-from ytune.cache.reader import Batch, SplitReader, prefetched
+from ytune.cache.reader import Batch, LabelColumn, SplitReader, label_values, prefetched
 from ytune.device import to_device
 
 # (span of the example's tokens in the packed array, unused, source row): the stream's example
@@ -41,7 +41,6 @@ class ResidentSplit:
             base += len(f)
         self.features = torch.cat(features).to(device)
         self.scales = None if scales[0] is None else torch.cat(scales).to(device)
-        self.tokens = base
 
     @staticmethod
     def nbytes(reader: SplitReader, layers: Sequence[int] | None) -> int:
@@ -59,7 +58,7 @@ class ResidentSplit:
     def batches(
         self,
         batch_size: int,
-        labels: dict[str, np.ndarray],
+        labels: dict[str, LabelColumn],
         *,
         shuffle: bool,
         seed: int,
@@ -68,27 +67,24 @@ class ResidentSplit:
         keep: np.ndarray | None = None,
         prefetch: int = 2,
     ) -> Iterator[Batch]:
-        """One epoch's batches, as the stream would give them (`labels`: column -> values per
-        source row, as LabelColumn.values holds them), gathered on the device."""
+        """One epoch's batches, as the stream would give them, with the `labels` columns, gathered
+        on the device."""
         groups = self.reader.epoch_order(self._load, batch_size, shuffle, seed, epoch, buffer_size, keep=keep)
         out = (self._gather(group, labels) for group in groups)
         return prefetched(out, prefetch) if prefetch > 0 else out
 
-    def _gather(self, group: list[Span], labels: dict[str, np.ndarray]) -> Batch:
+    def _gather(self, group: list[Span], labels: dict[str, LabelColumn]) -> Batch:
         starts = np.fromiter((e[0].start for e in group), np.int64, len(group))
         lengths = np.fromiter((len(e[0]) for e in group), np.int64, len(group))
         rows = np.fromiter((e[2] for e in group), np.int64, len(group))
         positions = np.arange(int(lengths.max()))
         mask = positions[None, :] < lengths[:, None]
-        index = np.where(mask, starts[:, None] + positions[None, :], self.tokens)  # padding: one past
+        index = np.where(mask, starts[:, None] + positions[None, :], len(self.features))  # padding: one past
         index_d, mask_d = to_device(index, self.device), to_device(mask, self.device)
         features = _padded(self.features, index_d)
         scales = None if self.scales is None else _padded(self.scales, index_d)
         features = from_storage(features, None, self.dtype)  # bfloat16 bits viewed as such
-        values = {
-            c: to_device(v[rows] if v.dtype == np.int64 else v[rows].astype(np.float32), self.device)
-            for c, v in labels.items()
-        }
+        values = {c: to_device(label_values(column, rows), self.device) for c, column in labels.items()}
         return Batch(features, mask_d, values, torch.from_numpy(rows), scales)
 
 

@@ -30,8 +30,8 @@ def test_resident_batches_are_the_streams(request, which, shuffle):
     args = {"shuffle": shuffle, "seed": 5, "epoch": 1, "buffer_size": 64, "keep": keep}
     streamed = list(reader.stream(16, labels=[label], layers=[-1], prefetch=0, narrow=True, **args))
     resident = ResidentSplit(reader, [-1], torch.device("cpu"))
-    values = {label: cache.labels("train", label).values}
-    gathered = list(resident.batches(16, values, prefetch=0, **args))
+    columns = {label: cache.labels("train", label)}
+    gathered = list(resident.batches(16, columns, prefetch=0, **args))
     assert len(streamed) == len(gathered) > 1
     for a, b in zip(streamed, gathered, strict=True):
         assert torch.equal(a.rows, b.rows) and torch.equal(a.mask, b.mask)

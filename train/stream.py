@@ -60,9 +60,9 @@ def batches(
     global generator would shift the heads' dropout with every epoch and evaluation."""
     resident = resident_split(reader, layers, cfg)
     if resident is not None:
-        values = {c: reader.cache.labels(reader.name, c).values for c in labels}
+        columns = {c: reader.cache.labels(reader.name, c) for c in labels}
         args = {"seed": cfg.seed, "epoch": epoch, "buffer_size": cfg.buffer_size, "keep": keep}
-        return resident.batches(cfg.batch_size, values, shuffle=shuffle, **args)
+        return resident.batches(cfg.batch_size, columns, shuffle=shuffle, **args)
     pin = pick_device(cfg.device).type == "cuda"
     dataset = reader.dataset(
         cfg.batch_size,
