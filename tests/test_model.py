@@ -319,6 +319,28 @@ def test_init_queries():
         head.init_queries(torch.randn(2, D))
 
 
+def test_a_labels_queries_score_as_their_mean_and_duplicates_change_nothing():
+    """Each label's queries attend on their own and their scores are averaged: with every query of a
+    label a copy of one, the head computes what a head of one query per label computes (the labels'
+    self-attention weighs copies evenly), so the extra queries only add what they learn apart."""
+    torch.manual_seed(0)
+    features, mask = make_batch(layers=1)
+    one = YTuningHead(small_cfg(num_labels=3)).eval()
+    two = YTuningHead(small_cfg(num_labels=3, queries=2)).eval()
+    state = one.state_dict()
+    two.load_state_dict({**state, "queries": state["queries"].repeat_interleave(2, 1)})
+    with torch.no_grad():
+        torch.testing.assert_close(two(features, mask), one(features, mask))
+        two.queries[:, 1::2] += torch.randn_like(two.queries[:, 1::2])
+        assert not torch.allclose(two(features, mask), one(features, mask))
+    two.init_queries(torch.randn(3, D))  # label names: every query of a label starts there
+    assert torch.equal(two.queries[0, 0], two.queries[0, 1]) and not torch.equal(
+        two.queries[0, 1], two.queries[0, 2]
+    )
+    with pytest.raises(UserError, match="queries"):
+        HeadConfig(head_type="probe", queries=2)
+
+
 def test_wrong_layer_count_is_an_error():
     head = build_head(small_cfg(num_layers_in=2))
     features, mask = make_batch(layers=3)

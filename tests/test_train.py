@@ -189,6 +189,10 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(sst2, tmp_path):
         "32",
         "--heads",
         "2",
+        "--members",  # an ensemble's members and a weight average resume too
+        "2",
+        "--ema",
+        "1",
     ]
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True)
     assert full.returncode == 0, full.stderr

@@ -99,7 +99,7 @@ def head_for(
     column = label_column(cache, spec, cfg.train_split)
     layers = resolve_head_layers(cache, spec.layers)
     config = head_config(spec, column, layers, int(cache.manifest.info["hidden_size"]))
-    torch.manual_seed(cfg.seed)  # every head starts as it would in a run of its own
+    torch.manual_seed(head_seed(spec, cfg))  # every head starts as it would in a run of its own
     head = build_head(config).to(device)
     if config.label_init == "names":
         if column.vectors is None:
@@ -128,3 +128,8 @@ def optimizer_settings(spec: HeadSpec, cfg: TrainConfig, kind: str) -> tuple[flo
     """A head's learning rate and weight decay: its own, else the run's, else its kind's default."""
     lr = next(x for x in (spec.lr, cfg.lr, KIND_DEFAULTS[kind]["lr"]) if x is not None)
     return lr, cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
+
+
+def head_seed(spec: HeadSpec, cfg: TrainConfig) -> int:
+    """What seeds a head's first weights and dropout: its own seed, else the run's."""
+    return cfg.seed if spec.seed is None else spec.seed

@@ -91,6 +91,23 @@ class HeadConfig:
             "help": "Y-Tuning: none, or add a linear read of the mean-pooled features to the label scores (pooled)",
         },
     )
+    # Several queries per label, as vision's attentive probes read frozen tokens: each attends on its
+    # own, and a label's score is the mean of its queries'.
+    queries: int = field(default=1, metadata={"help": "Y-Tuning: learned queries per label (per score)"})
+    # An ensemble in one head: M members of this shape start from their own weights and draw their own
+    # dropout, each learns on its own loss, and the head answers with their mean probability (or
+    # score). Members share every read of the cache, so M members cost less than M heads' passes.
+    members: int = field(
+        default=1,
+        metadata={"help": "an ensemble: members trained side by side, their probabilities averaged"},
+    )
+    # Not the architecture, but kept with it: scored and saved are the average's weights (train/average.py).
+    ema: float = field(
+        default=0.0,
+        metadata={
+            "help": "score and keep a moving average of the weights over about this many epochs (0: off)"
+        },
+    )
 
     def __post_init__(self) -> None:
         def check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -116,13 +133,26 @@ class HeadConfig:
             self.num_labels = 1  # one query, one scalar
         elif self.num_labels < 2:
             raise UserError(f"A classification head needs at least 2 labels, got {self.num_labels}.")
-        for name in ("num_layers_in", "hidden_in", "width", "blocks", "heads", "ffn_mult"):
+        for name in (
+            "num_layers_in",
+            "hidden_in",
+            "width",
+            "blocks",
+            "heads",
+            "ffn_mult",
+            "queries",
+            "members",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"Head setting {name} must be at least 1, got {getattr(self, name)}.")
         if self.width % self.heads:
             raise UserError(f"Head width {self.width} is not divisible by the number of heads {self.heads}.")
+        if not self.ema >= 0.0:
+            raise UserError(f"ema is a number of epochs, at least 0, got {self.ema}.")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"Dropout must be in [0, 1), got {self.dropout}.")
+        if self.head_type == "probe" and self.queries != 1:
+            raise UserError("The linear probe has no queries: queries is a Y-Tuning setting.")
         if self.head_type == "probe" and self.layer_mix == "ladder":
             raise UserError(
                 "The linear probe has no blocks: use layer mix 'softmax' or 'last', not 'ladder'."
@@ -157,6 +187,10 @@ class HeadSpec:
     )
     lr: float | None = None  # None: TrainConfig.lr, else the head kind's default
     weight_decay: float | None = None
+    # None: TrainConfig.seed. The head's own seeds its first weights and its dropout, not the data's
+    # order, which its pass shares: `--sweep seed=0,1,2` trains three draws of each setting on the
+    # same batches, and the sweep chooses settings by their mean over the seeds.
+    seed: int | None = None
 
 
 # Head settings the cache decides, not the user.

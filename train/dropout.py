@@ -37,7 +37,8 @@ class HeadDropout(nn.Module):
 
 
 def head_generators(stack: nn.Module, size: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per head of `stack`, given to every HeadDropout in it."""
+    """One generator per row of `stack` (a head, or an ensemble's member), given to every
+    HeadDropout in it."""
     generators = [torch.Generator(device) for _ in range(size)]
     for module in stack.modules():
         if isinstance(module, HeadDropout):
@@ -45,9 +46,15 @@ def head_generators(stack: nn.Module, size: int, device: torch.device) -> list[t
     return generators
 
 
-def reseed(generators: Sequence[torch.Generator], names: Sequence[str], seed: int, step: int) -> None:
-    """Each head's generator set for `step` from the run's seed and the head's name (a digest, not
-    Python's hash(), which differs between processes)."""
-    for generator, name in zip(generators, names, strict=True):
-        digest = hashlib.blake2b(f"{seed}\0{name}\0{step}".encode(), digest_size=8).digest()
+def dropout_key(seed: int, name: str, member: int = 0) -> str:
+    """What a head's dropout is drawn from besides the step: its seed, its name and, in an ensemble,
+    which member (the first draws as a head of one would)."""
+    return f"{seed}\0{name}" + (f"#{member}" if member else "")
+
+
+def reseed(generators: Sequence[torch.Generator], keys: Sequence[str], step: int) -> None:
+    """Each head's generator set for `step` from its dropout_key (a digest, not Python's hash(),
+    which differs between processes)."""
+    for generator, key in zip(generators, keys, strict=True):
+        digest = hashlib.blake2b(f"{key}\0{step}".encode(), digest_size=8).digest()
         generator.manual_seed(int.from_bytes(digest, "little") >> 1)

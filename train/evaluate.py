@@ -44,7 +44,7 @@ def evaluate_bank(
         for batch in batches(reader, cfg, [], layers, shuffle=False, keep=keep):
             batch = batch.to(device).widened()
             with autocast(device):
-                outs = bank.forward_stacks(batch.features, batch.mask, stacks)
+                outs = bank.combined(bank.forward_stacks(batch.features, batch.mask, stacks))
             for name in kinds:
                 s, i = bank.where[name]
                 outputs[name].append(predictions(outs[s][i], kinds[name]))

@@ -4,10 +4,13 @@ Every head module is a stack of K heads of one shape: each parameter carries a l
 [K, ...] and the K heads run as batched matrix products in one forward, so a sweep of learning
 rates or seeds pays one module's Python and kernel launches, not K. A single head is a stack of
 one; a saved head is its slice without the head axis, the same file whatever stack it trained in.
+An ensemble head (HeadConfig.members = M) is M rows of the stack: its parameters carry [K * M, ...],
+its forward returns every member's output, ``combine`` averages them into the head's answer, and
+its saved file keeps the member axis [M, ...].
 
 Heads take ``features`` [B, T, L, H] (any float dtype) and ``mask`` [B, T] (bool, True = real token;
 every row has at least one real token), and return [K, B, num_labels] logits for classification or
-[K, B] scores for regression. ``forward_layers`` takes the features already cast and laid out
+[K, B] scores for regression (``forward_layers``: [K * M, ...], every member's). ``forward_layers`` takes the features already cast and laid out
 layer-major, [L, B, T, H]: the bank does that once per batch for every head. Padding changes
 nothing: padded positions are excluded from attention and from pooling.
 """
@@ -256,9 +259,14 @@ class _Head(nn.Module):
     cfg: HeadConfig
 
     @property
+    def rows(self) -> int:
+        """K * M, the parameters' leading axis: every member of every head in this stack."""
+        return next(self.parameters()).shape[0]
+
+    @property
     def size(self) -> int:
         """K, the number of heads in this stack."""
-        return next(self.parameters()).shape[0]
+        return self.rows // self.cfg.members
 
     @property
     def dtype(self) -> torch.dtype:
@@ -266,10 +274,22 @@ class _Head(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = _check_inputs(features, mask, self.cfg.num_layers_in)
-        return self.forward_layers(layer_major(features, self.dtype), mask)
+        return self.combine(self.forward_layers(layer_major(features, self.dtype), mask))
 
     def forward_layers(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def combine(self, out: torch.Tensor) -> torch.Tensor:
+        """Every member's output [K * M, B, ...] -> each head's [K, B, ...]: the members' mean score, or
+        the log of their mean probability (logits whose softmax is that mean). Averaging
+        probabilities, not logits, keeps a confident member from outvoting the rest."""
+        m = self.cfg.members
+        if m == 1:
+            return out
+        out = out.view(-1, m, *out.shape[1:])
+        if self.cfg.kind == "regression":
+            return out.mean(1)
+        return torch.logsumexp(torch.log_softmax(out.float(), -1), dim=1) - math.log(m)
 
 
 class YTuningHead(_Head):
@@ -279,7 +299,8 @@ class YTuningHead(_Head):
         super().__init__()
         self.cfg = cfg
         h, d = cfg.hidden_in, cfg.width
-        self.num_queries = 1 if cfg.kind == "regression" else cfg.num_labels
+        self.num_outputs = 1 if cfg.kind == "regression" else cfg.num_labels
+        self.num_queries = self.num_outputs * cfg.queries  # each output's queries side by side
         if cfg.layer_mix == "ladder":
             self.mix = None
             # block i reads layer min(i, L-1); each layer read gets its own LayerNorm.
@@ -303,7 +324,7 @@ class YTuningHead(_Head):
         self.score = Linear(k, d, 1)
         if cfg.skip == "pooled":  # a probe inside the head: its own layer mix, LayerNorm and linear map
             self.skip = nn.ModuleList(
-                [LayerMix(k, cfg.num_layers_in), LayerNorm(k, h), Linear(k, h, self.num_queries)]
+                [LayerMix(k, cfg.num_layers_in), LayerNorm(k, h), Linear(k, h, self.num_outputs)]
             )
         # How cross-attention reads the text: "auto" picks the cheaper of "factored" (keys and values
         # folded into the label queries) and "direct" (per-token keys and values). Same function.
@@ -314,15 +335,16 @@ class YTuningHead(_Head):
         """Initialise every head's label queries, e.g. from the encoder's embeddings of the label names.
 
         ``vectors`` is [num_labels, d] (copied as is) or [num_labels, H] in the encoder's space (passed
-        through each head's input LayerNorm and projection).
+        through each head's input LayerNorm and projection); every query of a label starts there.
         """
-        n, d, h = self.num_queries, self.cfg.width, self.cfg.hidden_in
+        n, d, h = self.num_outputs, self.cfg.width, self.cfg.hidden_in
         if vectors.dim() != 2 or vectors.shape[0] != n or vectors.shape[1] not in (d, h):
             raise UserError(
                 f"Label query vectors must be [{n}, {d}] (head width) or [{n}, {h}] (encoder width), "
                 f"got {list(vectors.shape)}."
             )
-        v = vectors.to(device=self.queries.device, dtype=self.dtype).unsqueeze(0)
+        v = vectors.to(device=self.queries.device, dtype=self.dtype).repeat_interleave(self.cfg.queries, 0)
+        v = v.unsqueeze(0)
         if v.shape[-1] != d:
             v = self.norms_in[0](v)
             v = v if self.proj is None else self.proj(v)
@@ -356,6 +378,8 @@ class YTuningHead(_Head):
                     memories[j] = x if self.proj is None else self.proj(x)
             q = block(q, memories[j], mask, (norm, self.proj) if factored else None)
         scores = self.score(self.norm_out(q)).squeeze(-1)  # [K, B, n]
+        if self.cfg.queries > 1:  # an output's score: the mean of its queries'
+            scores = scores.view(*scores.shape[:2], self.num_outputs, -1).mean(-1)
         if self.cfg.skip == "pooled":
             mix, norm, linear = self.skip
             scores = scores + linear(norm(mean_pool(mix(layers), mask)))
@@ -389,14 +413,14 @@ def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def build_head(cfg: HeadConfig, k: int = 1) -> _Head:
-    """A stack of ``k`` heads of config ``cfg`` (one head by default)."""
-    return (LinearProbe if cfg.head_type == "probe" else YTuningHead)(cfg, k)
+    """A stack of ``k`` heads of config ``cfg`` (one head by default), each of its members."""
+    return (LinearProbe if cfg.head_type == "probe" else YTuningHead)(cfg, k * cfg.members)
 
 
 def stack_key(cfg: HeadConfig) -> tuple:
     """Heads with equal keys have parameters of equal shapes and run the same code: they can stack.
-    (label_init only decides where the queries start.)"""
-    return tuple(sorted({**cfg.to_dict(), "label_init": None}.items()))
+    (label_init only decides where the queries start, ema what the trainer scores.)"""
+    return tuple(sorted({**cfg.to_dict(), "label_init": None, "ema": None}.items()))
 
 
 def stack_heads(heads: Sequence[_Head]) -> _Head:
@@ -411,13 +435,16 @@ def stack_heads(heads: Sequence[_Head]) -> _Head:
 
 
 def head_state(stack: _Head, i: int) -> dict[str, torch.Tensor]:
-    """Head i's parameters without the head axis: the checkpoint form, as a head of its own has them."""
-    return {name: p[i] for name, p in stack.state_dict().items()}
+    """Head i's parameters without the head axis: the checkpoint form, as a head of its own has them
+    (an ensemble's with its member axis)."""
+    m = stack.cfg.members
+    return {name: p[i] if m == 1 else p[i * m : (i + 1) * m] for name, p in stack.state_dict().items()}
 
 
 def load_head_state(head: _Head, state: Mapping[str, torch.Tensor]) -> None:
     """Load a checkpoint-form state into a single head."""
-    head.load_state_dict({name: p.unsqueeze(0) for name, p in state.items()})
+    one = head.cfg.members == 1
+    head.load_state_dict({name: p.unsqueeze(0) if one else p for name, p in state.items()})
 
 
 class HeadBank(nn.Module):
@@ -468,7 +495,8 @@ class HeadBank(nn.Module):
     def forward_stacks(
         self, features: torch.Tensor, mask: torch.Tensor, stacks: Sequence[int] | None = None
     ) -> dict[int, torch.Tensor]:
-        """Outputs [K, B, ...] of the stacks ``stacks`` (default: all), e.g. only those still training."""
+        """Outputs [K * M, B, ...] of the stacks ``stacks`` (default: all), e.g. only those still
+        training: every member's, as each learns on its own loss (``combined`` for the heads')."""
         stacks = range(len(self.stacks)) if stacks is None else stacks
         n = features.shape[2]
         major = layer_major(features, next(self.parameters()).dtype)
@@ -491,9 +519,13 @@ class HeadBank(nn.Module):
         """Every head's output, by name."""
         return {
             name: out[i]
-            for s, out in self.forward_stacks(features, mask.bool()).items()
+            for s, out in self.combined(self.forward_stacks(features, mask.bool())).items()
             for i, name in enumerate(self.names[s])
         }
+
+    def combined(self, outputs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """forward_stacks' member outputs as each head's answer (_Head.combine)."""
+        return {s: self.stacks[s].combine(out) for s, out in outputs.items()}
 
 
 __all__ = [

@@ -1,6 +1,6 @@
 """A run's state after each epoch, so that a killed run continues (`resume=True`) and ends with the
-metrics an uninterrupted run would have had: the stacks, the optimizers' moments, the random
-states, the step, each head's progress and the settings a resume must match. One safetensors file,
+metrics an uninterrupted run would have had: the stacks, the optimizers' moments, the weights'
+moving averages, the random states, the step, each head's progress and the settings a resume must match. One safetensors file,
 replaced atomically: tensors, and the rest as JSON in its header, so loading it runs no code.
 """
 
@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ytune.errors import UserError
+from ytune.train.average import WeightAverage
 from ytune.train.config import HeadSpec, TrainConfig
 from ytune.train.model import HeadBank
 from ytune.train.optim import StackedAdamW
@@ -63,6 +64,7 @@ def save_state(
     step: int,
     bank: HeadBank,
     optimizers: Sequence[StackedAdamW],
+    averages: Sequence[WeightAverage],
     progress: Mapping[str, Progress],
     key: str,
 ) -> None:
@@ -73,8 +75,10 @@ def save_state(
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{d}": s for d, s in enumerate(torch.cuda.get_rng_state_all())})
     steps = []
-    for i, (stack, optimizer) in enumerate(zip(bank.stacks, optimizers, strict=True)):
+    for i, (stack, optimizer, average) in enumerate(zip(bank.stacks, optimizers, averages, strict=True)):
         tensors.update({f"stacks.{i}.{k}": v for k, v in stack.state_dict().items()})
+        if average.on:
+            tensors.update({f"averages.{i}.{j}": t for j, t in enumerate(average.state())})
         saved = optimizer.state_dict()
         for moment in MOMENTS:
             tensors.update({f"optimizers.{i}.{moment}.{j}": t for j, t in enumerate(saved[moment])})
@@ -94,10 +98,14 @@ def save_state(
 
 
 def load_state(
-    path: Path, bank: HeadBank, optimizers: Sequence[StackedAdamW], key: str
+    path: Path,
+    bank: HeadBank,
+    optimizers: Sequence[StackedAdamW],
+    averages: Sequence[WeightAverage],
+    key: str,
 ) -> tuple[int, int, dict[str, Progress]]:
-    """Load a saved state into the bank, its optimizers and torch's random states; returns the
-    epoch it was saved after, the step, and each head's progress."""
+    """Load a saved state into the bank, its optimizers, its averages and torch's random states;
+    returns the epoch it was saved after, the step, and each head's progress."""
     try:
         with safe_open(path, "pt") as f:
             meta = json.loads(f.metadata()["state"])
@@ -108,7 +116,11 @@ def load_state(
         ) from None
     if sorted(meta["runs"]) != sorted(bank.where) or meta["config"] != key:
         raise UserError(f"{path} was saved by a run with other heads or settings; use another --out.")
-    for i, (stack, optimizer) in enumerate(zip(bank.stacks, optimizers, strict=True)):
+    for i, (stack, optimizer, average) in enumerate(zip(bank.stacks, optimizers, averages, strict=True)):
+        if average.on:
+            average.load_state(
+                [tensors[k] for k in sorted(tensors, key=_natural) if k.startswith(f"averages.{i}.")]
+            )
         prefix = f"stacks.{i}."
         stack.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
         moments = {

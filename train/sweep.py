@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ def sweep(
     heads = [row["head"] for row in rows]
     if len({h["metric"] for h in heads}) > 1:
         raise UserError("the swept heads learn labels scored by different metrics: there is no one winner.")
-    won = max(rows, key=lambda row: row["head"]["selection"])  # the first of equals: grid order decides ties
+    won = winner_of(rows)
     winner = won["head"]
     report = {
         "winner": winner["name"],
@@ -94,6 +95,18 @@ def sweep(
         "selection": won["selection"],
         cfg.eval_split: won["evaluation"],
     }
+
+
+def winner_of(rows: Sequence[dict]) -> dict:
+    """The sweep's winner: of the settings with the best mean selection score over their seeds (one
+    seed each unless `seed` is swept, so that one lucky draw does not choose the settings), the
+    head with the best score. The first of equals wins: grid order decides ties."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        settings = {k: v for k, v in row["head"]["settings"].items() if k != "seed"}
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(row)
+    best = max(groups.values(), key=lambda g: statistics.fmean(r["head"]["selection"] for r in g))
+    return max(best, key=lambda row: row["head"]["selection"])
 
 
 def _summary(index: int, spec: HeadSpec, settings: dict, out: Path, results: dict) -> dict:

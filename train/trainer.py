@@ -15,12 +15,13 @@ Its learning rate and weight decay live in its optimizer, its weights in the ban
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,11 @@ from tqdm import tqdm
 from ytune.cache.reader import open_cache
 from ytune.device import autocast, pick_device
 from ytune.errors import UserError
-from ytune.train.build import check_splits, head_for, optimizer_settings
+from ytune.train.average import WeightAverage
+from ytune.train.build import check_splits, head_for, head_seed, optimizer_settings
 from ytune.train.checkpoint import save_head
 from ytune.train.config import HOLDOUT, HeadSpec, TrainConfig
-from ytune.train.dropout import head_generators, reseed
+from ytune.train.dropout import dropout_key, head_generators, reseed
 from ytune.train.evaluate import evaluate, evaluate_bank
 from ytune.train.metrics import compute_metrics
 from ytune.train.model import HeadBank, count_parameters, head_state
@@ -85,10 +87,19 @@ class _Training:
         self.stream_layers = [list(cache.identity.layers).index(i) for i in union]
         settings = {s.name: optimizer_settings(s, cfg, self.heads[s.name].config.kind) for s in specs}
         self.optimizers = [
-            StackedAdamW(stack, [settings[n][0] for n in members], [settings[n][1] for n in members])
-            for stack, members in zip(self.bank.stacks, self.bank.names, strict=True)
+            StackedAdamW(
+                stack,
+                self.per_row(s, [settings[n][0] for n in self.bank.names[s]]),
+                self.per_row(s, [settings[n][1] for n in self.bank.names[s]]),
+            )
+            for s, stack in enumerate(self.bank.stacks)
         ]
-        self.generators = [head_generators(stack, stack.size, self.device) for stack in self.bank.stacks]
+        self.generators = [head_generators(stack, stack.rows, self.device) for stack in self.bank.stacks]
+        seeds = {s.name: head_seed(s, cfg) for s in specs}
+        self.dropout_keys = [
+            [dropout_key(seeds[n], n, j) for n in names for j in range(stack.cfg.members)]
+            for stack, names in zip(self.bank.stacks, self.bank.names, strict=True)
+        ]
         # Rows of the training split: all of them, or all but the held-out slice to select on.
         n = len(self.reader)
         self.keep_train = self.keep_select = None
@@ -100,6 +111,14 @@ class _Training:
         self.batches_per_epoch = math.ceil(self.train_rows / cfg.batch_size)
         self.epochs = cfg.epochs or default_epochs(self.train_rows)
         self.steps = self.epochs * self.batches_per_epoch
+        self.averages = [
+            WeightAverage(
+                stack,
+                self.per_row(s, [self.heads[n].config.ema for n in self.bank.names[s]]),
+                self.batches_per_epoch,
+            )
+            for s, stack in enumerate(self.bank.stacks)
+        ]
         self.step = 0
         self.encoder_params = int(cache.manifest.info.get("encoder_parameters", 0))
         # Each head's labels on the split it is selected on (rows held out of training, or the
@@ -128,13 +147,19 @@ class _Training:
             )
 
     def parameters(self, name: str) -> int:
+        """A head's tunable parameters, an ensemble's members counted whole."""
         stack, _ = self.bank.head(name)
         return count_parameters(stack) // stack.size
+
+    def per_row(self, s: int, values: Sequence) -> list:
+        """A value per head of stack `s` -> a value per row (each member of an ensemble its head's)."""
+        return [v for v in values for _ in range(self.bank.stacks[s].cfg.members)]
 
     def settings_of(self, name: str) -> tuple[float, float]:
         """The learning rate and weight decay head `name` trains with, as its optimizer holds them."""
         s, i = self.bank.where[name]
-        return self.optimizers[s].lrs[i], self.optimizers[s].weight_decays[i]
+        row = i * self.bank.stacks[s].cfg.members
+        return self.optimizers[s].lrs[row], self.optimizers[s].weight_decays[row]
 
     def start(self) -> int:
         """A fresh run: each head's folder, its log emptied; the first epoch is 0."""
@@ -146,13 +171,15 @@ class _Training:
     def resume(self) -> int:
         """Load the state after the last finished epoch; returns the epoch to start at."""
         path = self.out / STATE
-        epoch, self.step, progress = load_state(path, self.bank, self.optimizers, self.key)
+        epoch, self.step, progress = load_state(path, self.bank, self.optimizers, self.averages, self.key)
         self.progress = {name: progress[name] for name in self.heads}
         log.info(f"resuming after epoch {epoch} from {path}")
         return epoch + 1
 
     def save_state(self, epoch: int) -> None:
-        save_state(self.out, epoch, self.step, self.bank, self.optimizers, self.progress, self.key)
+        save_state(
+            self.out, epoch, self.step, self.bank, self.optimizers, self.averages, self.progress, self.key
+        )
 
     def record(
         self, epoch: int, losses: dict[str, float], scores: dict[str, dict], seen: int, seconds: float
@@ -204,11 +231,11 @@ class _Training:
         """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
         cfg, where, members = self.cfg, self.bank.where, self.bank.names
         stacks = sorted({where[n][0] for n in active})
-        on = [[not self.progress[n].done for n in names] for names in members]
+        on = [self.per_row(s, [not self.progress[n].done for n in names]) for s, names in enumerate(members)]
         # Heads stopped early learn nothing more: their losses are masked out of the backward.
         masks = {s: torch.tensor(on[s], dtype=torch.float32, device=self.device) for s in stacks}
         start, seen = time.perf_counter(), 0
-        sums = {s: torch.zeros(len(members[s]), device=self.device) for s in stacks}
+        sums = {s: torch.zeros(len(on[s]), device=self.device) for s in stacks}
         self.bank.train()
         labels = sorted({self.heads[n].label for n in active})
         stream = batches(
@@ -226,14 +253,14 @@ class _Training:
         )
         for batch in bar:
             batch = batch.to(self.device, non_blocking=True).widened()
-            for s in stacks:  # each head's dropout from the seed, its name and the step alone
-                reseed(self.generators[s], members[s], cfg.seed, self.step)
+            for s in stacks:  # each head's dropout from its seed, its name and the step alone
+                reseed(self.generators[s], self.dropout_keys[s], self.step)
             with autocast(self.device):
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
             for s, output in outputs.items():
-                heads = [self.heads[n] for n in members[s]]
-                targets = torch.stack([batch.labels[info.label] for info in heads])
+                heads = [self.heads[n] for n in members[s]]  # each member learns its head's labels
+                targets = torch.stack(self.per_row(s, [batch.labels[info.label] for info in heads]))
                 losses = losses_of(output, targets, heads[0].config.kind)
                 total = total + (losses * masks[s]).sum()
                 sums[s] += losses.detach() * len(batch.rows)  # on the device: no sync per batch
@@ -242,9 +269,11 @@ class _Training:
             for s in stacks:
                 self.optimizers[s].step(factor, on[s], cfg.clip)
                 self.optimizers[s].zero_grad()
+                self.averages[s].update(self.step)
             self.step += 1
             seen += len(batch.rows)
-        sums = {s: total.cpu() for s, total in sums.items()}
+        # A head's loss: its members' mean.
+        sums = {s: total.cpu().view(len(members[s]), -1).mean(1) for s, total in sums.items()}
         losses = {n: float(sums[where[n][0]][where[n][1]]) / max(seen, 1) for n in active}
         return losses, seen, time.perf_counter() - start
 
@@ -258,6 +287,14 @@ class _Training:
         return {
             n: compute_metrics(self.heads[n].metrics, preds[n], self.select_labels[n][rows]) for n in active
         }
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Every stack's weight averages in place of its weights (train/average.py)."""
+        with contextlib.ExitStack() as swaps:
+            for average in self.averages:
+                swaps.enter_context(average.swapped())
+            yield
 
     def save(self, name: str) -> None:
         stack, i = self.bank.head(name)
@@ -281,6 +318,7 @@ def train(
         if not active:  # every head stopped by patience
             break
         losses, seen, seconds = run.train_epoch(epoch, active)
-        run.record(epoch, losses, run.select(active), seen, seconds)
+        with run.averaged():  # what is scored and kept: each head's average where it keeps one
+            run.record(epoch, losses, run.select(active), seen, seconds)
         run.save_state(epoch)
     return run.finish()
