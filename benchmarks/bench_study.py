@@ -85,6 +85,9 @@ STORAGE = {"float16": "float16", "int8": "int8"}
 IDEAS = {
     "default": {},
     "members=3": {"config": {"members": 3}},
+    "ema=1": {"config": {"ema": 1.0}},
+    "queries=4": {"config": {"queries": 4}},
+    "members=3+ema=1": {"config": {"members": 3, "ema": 1.0}},
 }
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
 GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}

@@ -14,11 +14,13 @@ CLI = [sys.executable, "-m", "ytune.cli"]
 
 @pytest.fixture(scope="module")
 def run(sst2, tmp_path_factory):
-    """A run folder holding two heads side by side, as `ytune train --out` leaves it."""
+    """A run folder holding three heads side by side, as `ytune train --out` leaves it: one of
+    them an ensemble of two members."""
     out = tmp_path_factory.mktemp("run") / "demo"
     heads = [
         HeadSpec("ytuning", "sst2", {"width": 32, "heads": 2}),
         HeadSpec("probe", "sst2", {"head_type": "probe"}),
+        HeadSpec("ensemble", "sst2", {"width": 32, "heads": 2, "members": 2}),
     ]
     train(sst2, heads, TrainConfig(epochs=1, batch_size=16, lr=2e-3), out)
     return out
@@ -30,10 +32,11 @@ def predict(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_run_folder_of_several_heads_answers_with_each(run):
     answers = Predictor([run], device="cpu").predict(["a joy"])
-    assert set(answers[0]) == {"ytuning", "probe"}
+    assert set(answers[0]) == {"ytuning", "probe", "ensemble"}
+    assert sum(answers[0]["ensemble"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     out = predict("--head", str(run), "a joy")
     assert out.returncode == 0, out.stderr
-    assert set(json.loads(out.stdout)["predictions"]) == {"ytuning", "probe"}
+    assert set(json.loads(out.stdout)["predictions"]) == {"ytuning", "probe", "ensemble"}
 
 
 def test_an_empty_text_is_refused_as_an_argument_as_in_a_file(run, tmp_path):
