@@ -45,6 +45,7 @@ from ytune.cache.files import size_on_disk
 from ytune.cli import show_progress
 from ytune.device import configure_cpu
 from ytune.extract.encoder import default_layers, resolve_model
+from ytune.train.config import HeadConfig
 
 HERE = Path(__file__).resolve().parent
 ENCODERS = {"minilm": None, "mpnet": str(Path.home() / ".cache/ytune-models/all-mpnet-base-v2")}
@@ -89,6 +90,8 @@ IDEAS = {
     "queries=4": {"config": {"queries": 4}},
     "members=3+ema=1": {"config": {"members": 3, "ema": 1.0}},
 }
+# The head defaults RESULTS.md 5g chose, as the "defaults" records' setting.
+DEFAULTS = ",".join(f"{k}={getattr(HeadConfig(), k):g}" for k in ("members", "ema", "queries"))
 # The sweep of RESULTS.md 5c: learning rate x width x blocks, 12 heads in one pass.
 GRID = {"lr": ["2e-4", "5e-4", "1e-3"], "width": ["256", "384"], "blocks": ["1", "2"]}
 # The kinds of pass that compare settings of the default head: (settings, the one each is compared
@@ -154,6 +157,14 @@ def run_layers(encoder: str, task: str, seeds: list[int], a: argparse.Namespace,
         for i, (name, choose) in enumerate(LAYER_CHOICES.items())
     }
     run_pass(encoder, task, seeds, heads, a, done, cached=tuple(range(n + 1)))
+
+
+def run_defaults(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
+    """`ytune train` with every default: one head, named as the command names it, alone in its pass
+    over the default hidden states, so its seconds per epoch are its cost (an ensemble's members
+    counted whole). The setting names the head defaults (DEFAULTS): records of other defaults are
+    kept apart."""
+    run_pass(encoder, task, seeds, {("defaults", DEFAULTS): HeadSpec("ytuning")}, a, done, cached=None)
 
 
 def run_ideas(encoder: str, task: str, seeds: list[int], a: argparse.Namespace, done: set) -> None:
@@ -334,12 +345,13 @@ def run_baseline(
 
 # The table's Y-Tuning and probe columns: (method, setting) of their records; seeds' median.
 HEADS = {
-    "Y-Tuning (default)": ("layers", "default"),  # ytune's defaults, the hidden states included
-    "Y-Tuning (last four)": ("ytuning", "default"),  # the default until RESULTS.md 5f
+    "Y-Tuning (default)": ("defaults", DEFAULTS),  # `ytune train` with no options, alone in its pass
+    "Y-Tuning (one head)": ("layers", "default"),  # the default head until RESULTS.md 5g
+    "Y-Tuning (last four)": ("ytuning", "default"),  # the default hidden states until RESULTS.md 5f
     "Y-Tuning (swept)": ("sweep", "grid"),  # on the default hidden states
     "probe": ("probe", "default"),
 }
-SHARES = ("Y-Tuning (default)", "Y-Tuning (last four)", "Y-Tuning (swept)", "lora")  # % of full FT
+SHARES = (*(h for h in HEADS if h.startswith("Y-Tuning")), "lora")  # % of full FT
 
 
 def seeds_summary(got: list[dict]) -> tuple[float, str, float]:
@@ -382,10 +394,11 @@ def table(path: Path) -> str:
                 above.setdefault(encoder, []).append(
                     (NAMES[task], score["Y-Tuning (default)"] - score["probe"])
                 )
-            if "lora" in cost and "Y-Tuning (last four)" in cost:
-                cheaper.setdefault(encoder, []).append(
-                    (NAMES[task], cost["lora"] / cost["Y-Tuning (last four)"])
-                )
+            # Y's seconds: the default head alone in its pass, where measured, else the last-four pass
+            # (the head and the probe on 4 cached layers); the layers passes train 4-5 heads at once.
+            mine_cost = next((m for m in ("Y-Tuning (default)", "Y-Tuning (last four)") if m in cost), None)
+            if "lora" in cost and mine_cost:
+                cheaper.setdefault(encoder, []).append((NAMES[task], cost["lora"] / cost[mine_cost]))
             rows.append(
                 [
                     encoder,
@@ -393,10 +406,7 @@ def table(path: Path) -> str:
                     mine[0]["metric"],
                     *(cell.get(m, "-") for m in (*HEADS, "lora", "full")),
                     *(f"{of_full[m]:.1f}%" if m in of_full else "-" for m in SHARES),
-                    " / ".join(
-                        f"{cost[m]:.0f}" if m in cost else "-"
-                        for m in ("Y-Tuning (last four)", "lora", "full")
-                    ),
+                    " / ".join(f"{cost[m]:.0f}" if m in cost else "-" for m in (mine_cost, "lora", "full")),
                 ]
             )
     headers = [
@@ -406,12 +416,10 @@ def table(path: Path) -> str:
         *HEADS,
         "LoRA r=8",
         "full FT",
-        *(f"{m} % of full" for m in SHARES[:3]),
+        *(f"{m} % of full" for m in SHARES[:-1]),
         "LoRA % of full",
         "s/epoch Y / LoRA / full",
     ]
-    # Y's seconds: the last-four pass (the head and the probe on 4 cached layers), a pass as a user
-    # runs it; the layers passes read every hidden state for 4-5 heads.
     out = markdown_table(headers, rows) + "\n"
     for (encoder, method), got in sorted(shares.items()):
         tasks = ", ".join(t for t, _ in got)
@@ -472,7 +480,7 @@ def main() -> None:
     p.add_argument(
         "--methods",
         default="ytuning,lora,full",
-        help="ytuning (trains the probe too), sweep (Y-Tuning swept), lora, full; variant, layers, dtype, ideas",
+        help="ytuning (trains the probe too), sweep (Y-Tuning swept), defaults, lora, full; variant, layers, dtype, ideas",
     )
     p.add_argument("--settings", default="usual,high", help="learning-rate settings of the baselines")
     p.add_argument("--ideas", default=",".join(IDEAS), help=f"of {', '.join(IDEAS)}")
@@ -499,6 +507,8 @@ def main() -> None:
             run_variants(a.encoder, task, seeds, a, done_keys(a.results))
         if "layers" in methods:
             run_layers(a.encoder, task, seeds, a, done_keys(a.results))
+        if "defaults" in methods:
+            run_defaults(a.encoder, task, seeds, a, done_keys(a.results))
         if "ideas" in methods:
             run_ideas(a.encoder, task, seeds, a, done_keys(a.results))
         if "dtype" in methods:
