@@ -84,11 +84,12 @@ STORAGE = {"float16": "float16", "int8": "int8"}
 # with every default beside changes to it, one pass per seed on the default hidden states, each
 # head named after its change (so that its dropout does not depend on which others share its pass).
 IDEAS = {
-    "default": {},
+    "default": {"config": {"members": 1, "ema": 0.0}},  # the default head before RESULTS.md 5g
     "members=3": {"config": {"members": 3}},
     "ema=1": {"config": {"ema": 1.0}},
     "queries=4": {"config": {"queries": 4}},
     "members=3+ema=1": {"config": {"members": 3, "ema": 1.0}},
+    "members=2+ema=1": {"config": {"members": 2, "ema": 1.0}},
 }
 # The head defaults RESULTS.md 5g chose, as the "defaults" records' setting.
 DEFAULTS = ",".join(f"{k}={getattr(HeadConfig(), k):g}" for k in ("members", "ema", "queries"))

@@ -14,7 +14,7 @@ from ytune.train.config import HeadConfig
 from ytune.train.model import build_head, head_state, load_head_state
 from ytune.train.sweep import winner_of
 
-SMALL = {"width": 32, "heads": 2, "blocks": 1}
+SMALL = {"width": 32, "heads": 2, "blocks": 1, "members": 1, "ema": 0.0}  # one plain head
 
 
 def quick(**kw) -> TrainConfig:
@@ -36,7 +36,9 @@ def test_an_ensemble_answers_with_its_members_mean_probability_or_score():
     features, mask = torch.randn(4, 7, 2, 48), torch.rand(4, 7) > 0.3
     mask[:, 0] = True
     for kind, labels in (("classification", 3), ("regression", 1)):
-        cfg = HeadConfig(kind=kind, num_labels=labels, num_layers_in=2, hidden_in=48, members=3, **SMALL)
+        cfg = HeadConfig(
+            kind=kind, num_labels=labels, num_layers_in=2, hidden_in=48, **{**SMALL, "members": 3}
+        )
         ensemble = build_head(cfg).eval()
         assert (ensemble.size, ensemble.rows) == (1, 3)
         with torch.no_grad():

@@ -31,7 +31,7 @@ def one_thread():
 
 
 def small_cfg(**kw) -> HeadConfig:
-    base = dict(hidden_in=H, width=D, heads=4, dropout=0.0)
+    base = dict(hidden_in=H, width=D, heads=4, dropout=0.0, members=1)
     base.update(kw)
     return HeadConfig(**base)
 
@@ -264,7 +264,10 @@ def test_config_round_trip_and_validation():
     d = cfg.to_dict()
     assert d["pool"] == "first" and d["hidden_in"] == 1536
     assert HeadConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    assert HeadConfig.from_dict({"width": 64, "heads": 4}) == HeadConfig(width=64, heads=4)
+    # A head saved before ensembles and weight averages were defaults is one plain head.
+    assert HeadConfig.from_dict({"width": 64, "heads": 4}) == HeadConfig(width=64, heads=4, members=1, ema=0)
+    assert (HeadConfig().members, HeadConfig().ema) == (3, 1.0)  # today's Y-Tuning default
+    assert (HeadConfig(head_type="probe").members, HeadConfig(head_type="probe").ema) == (1, 0.0)
     with pytest.raises(UserError, match="Unknown head config field"):
         HeadConfig.from_dict({**d, "bogus": 1})
     for bad in (
@@ -275,6 +278,8 @@ def test_config_round_trip_and_validation():
         dict(num_labels=1),
         dict(blocks=0),
         dict(head_type="probe", layer_mix="ladder"),
+        dict(members=0),
+        dict(ema=-1.0),
     ):
         with pytest.raises(UserError):
             HeadConfig(**bad)
@@ -470,7 +475,7 @@ def test_stacked_adamw_steps_each_head_as_torch_adamw_steps_it_alone():
 def test_a_pooled_skip_adds_exactly_a_probe_to_the_label_scores():
     torch.manual_seed(0)
     shape = {"num_layers_in": 2, "hidden_in": 16, "num_labels": 3}
-    head = build_head(HeadConfig(width=8, heads=2, blocks=1, skip="pooled", **shape), k=2)
+    head = build_head(HeadConfig(width=8, heads=2, blocks=1, skip="pooled", members=1, **shape), k=2)
     probe = build_head(HeadConfig(head_type="probe", **shape), k=2)
     features, mask = torch.randn(4, 5, 2, 16), torch.ones(4, 5, dtype=torch.bool)
     mask[0, 3:] = False

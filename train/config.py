@@ -33,6 +33,11 @@ KIND_DEFAULTS = {
     "classification": {"width": 384, "blocks": 2, "lr": 5e-4},
     "regression": {"width": 256, "blocks": 1, "lr": 1e-3},
 }
+# Measured best for Y-Tuning on all-mpnet-base-v2 (benchmarks/RESULTS.md 5g): three members in one
+# pass and the weights averaged over about an epoch. The probe, the baseline, stays one linear map.
+TYPE_DEFAULTS = {"ytuning": {"members": 3, "ema": 1.0}, "probe": {"members": 1, "ema": 0.0}}
+# Settings whose default changed after heads were saved without them: what those heads used.
+BEFORE = {"members": 1, "ema": 0.0}
 HEAD_DIM = 64  # attention heads default to width // 64 (6 at 384, 4 at 256), the transformer convention
 
 
@@ -40,6 +45,11 @@ def by_kind(key: str) -> str:
     """A default that depends on the kind of task, as a help text shows it: "384; regression 256"."""
     (_, first), *rest = KIND_DEFAULTS.items()
     return "; ".join([f"{first[key]:g}", *(f"{kind} {values[key]:g}" for kind, values in rest)])
+
+
+def by_type(key: str) -> str:
+    """A default that depends on the head type, as a help text shows it: "3; probe 1"."""
+    return f"{TYPE_DEFAULTS['ytuning'][key]:g}; probe {TYPE_DEFAULTS['probe'][key]:g}"
 
 
 @dataclass
@@ -96,16 +106,20 @@ class HeadConfig:
     queries: int = field(default=1, metadata={"help": "Y-Tuning: learned queries per label (per score)"})
     # An ensemble in one head: M members of this shape start from their own weights and draw their own
     # dropout, each learns on its own loss, and the head answers with their mean probability (or
-    # score). Members share every read of the cache, so M members cost less than M heads' passes.
-    members: int = field(
-        default=1,
-        metadata={"help": "an ensemble: members trained side by side, their probabilities averaged"},
+    # score). None: the head type's default (TYPE_DEFAULTS).
+    members: int | None = field(
+        default=None,
+        metadata={
+            "help": "an ensemble: members trained side by side, their probabilities averaged",
+            "default": by_type("members"),
+        },
     )
     # Not the architecture, but kept with it: scored and saved are the average's weights (train/average.py).
-    ema: float = field(
-        default=0.0,
+    ema: float | None = field(
+        default=None,
         metadata={
-            "help": "score and keep a moving average of the weights over about this many epochs (0: off)"
+            "help": "score and keep a moving average of the weights over about this many epochs (0: off)",
+            "default": by_type("ema"),
         },
     )
 
@@ -123,6 +137,9 @@ class HeadConfig:
         for key in ("width", "blocks"):
             if getattr(self, key) is None:
                 setattr(self, key, KIND_DEFAULTS[self.kind][key])
+        for key in ("members", "ema"):
+            if getattr(self, key) is None:
+                setattr(self, key, TYPE_DEFAULTS[self.head_type][key])
         if self.heads is None and self.width >= 1:
             self.heads = next(h for h in range(max(1, self.width // HEAD_DIM), 0, -1) if self.width % h == 0)
         if self.label_init == "names" and (self.head_type == "probe" or self.kind == "regression"):
@@ -169,7 +186,8 @@ class HeadConfig:
             raise UserError(
                 f"Unknown head config field(s) {', '.join(unknown)}: was it written by a newer ytune?"
             )
-        return cls(**dict(d))
+        # A setting added after the head was written takes the value that behaves as heads did then.
+        return cls(**{**BEFORE, **d})
 
 
 @dataclass
