@@ -137,9 +137,14 @@ class _Training:
             share = ""
             if self.encoder_params:
                 share = f" ({100 * n / self.encoder_params:.2f}% of the encoder's {self.encoder_params / 1e6:.1f}M)"
-            log.info(
-                f"head {name}: {info.config.head_type}, {n} tunable parameters{share}, layers {info.layers}"
+            c = info.config
+            kind = c.head_type + "".join(
+                [
+                    f", {c.members} members" if c.members > 1 else "",
+                    f", weights averaged over {c.ema:g} epoch{'s' * (c.ema != 1)}" if c.ema else "",
+                ]
             )
+            log.info(f"head {name}: {kind}, {n} tunable parameters{share}, layers {info.layers}")
         log.info(f"{self.epochs} epochs over {self.train_rows} training rows")
         if self.keep_select is not None:
             log.info(
