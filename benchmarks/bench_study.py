@@ -90,6 +90,7 @@ IDEAS = {
     "queries=4": {"config": {"queries": 4}},
     "members=3+ema=1": {"config": {"members": 3, "ema": 1.0}},
     "members=2+ema=1": {"config": {"members": 2, "ema": 1.0}},
+    "members=3+ema=1+queries=4": {"config": {"members": 3, "ema": 1.0, "queries": 4}},
 }
 # The head defaults RESULTS.md 5g chose, as the "defaults" records' setting.
 DEFAULTS = ",".join(f"{k}={getattr(HeadConfig(), k):g}" for k in ("members", "ema", "queries"))

@@ -234,9 +234,9 @@ class _Training:
 
     def train_epoch(self, epoch: int, active: list[str]) -> tuple[dict[str, float], int, float]:
         """One pass over the training rows for the active heads: their mean losses, rows, seconds."""
-        cfg, where, members = self.cfg, self.bank.where, self.bank.names
+        cfg, where, names = self.cfg, self.bank.where, self.bank.names  # names: per stack, its heads
         stacks = sorted({where[n][0] for n in active})
-        on = [self.per_row(s, [not self.progress[n].done for n in names]) for s, names in enumerate(members)]
+        on = [self.per_row(s, [not self.progress[n].done for n in heads]) for s, heads in enumerate(names)]
         # Heads stopped early learn nothing more: their losses are masked out of the backward.
         masks = {s: torch.tensor(on[s], dtype=torch.float32, device=self.device) for s in stacks}
         start, seen = time.perf_counter(), 0
@@ -264,7 +264,7 @@ class _Training:
                 outputs = self.bank.forward_stacks(batch.features, batch.mask, stacks)
             total = 0
             for s, output in outputs.items():
-                heads = [self.heads[n] for n in members[s]]  # each member learns its head's labels
+                heads = [self.heads[n] for n in names[s]]  # each member learns its head's labels
                 targets = torch.stack(self.per_row(s, [batch.labels[info.label] for info in heads]))
                 losses = losses_of(output, targets, heads[0].config.kind)
                 total = total + (losses * masks[s]).sum()
@@ -278,7 +278,7 @@ class _Training:
             self.step += 1
             seen += len(batch.rows)
         # A head's loss: its members' mean.
-        sums = {s: total.cpu().view(len(members[s]), -1).mean(1) for s, total in sums.items()}
+        sums = {s: total.cpu().view(len(names[s]), -1).mean(1) for s, total in sums.items()}
         losses = {n: float(sums[where[n][0]][where[n][1]]) / max(seen, 1) for n in active}
         return losses, seen, time.perf_counter() - start
 
