@@ -26,7 +26,8 @@ class WeightAverage:
         self.averages = [p.detach().clone() for p in self.params]
         steps = torch.tensor([e * batches_per_epoch for e in epochs], dtype=torch.float32)
         # The decay whose mean age is the horizon: 1 - 1 / steps; 0 where a row averages nothing.
-        self.decays = torch.where(steps > 0, 1 - 1 / steps.clamp(min=1), torch.zeros(()))
+        decays = torch.where(steps > 0, 1 - 1 / steps.clamp(min=1), torch.zeros(()))
+        self.decays = decays.to(self.params[0].device)  # once, not a host copy every step
         self.on = bool((steps > 0).any())
 
     @torch.no_grad()
@@ -36,7 +37,7 @@ class WeightAverage:
         leave the average within the first tens of steps."""
         if not self.on:
             return
-        decay = self.decays.clamp(max=(1 + step) / (10 + step)).to(self.params[0].device)
+        decay = self.decays.clamp(max=(1 + step) / (10 + step))
         for average, p in zip(self.averages, self.params, strict=True):
             average.lerp_(p.detach().to(average.dtype), (1 - decay).view(-1, *[1] * (p.dim() - 1)))
 
